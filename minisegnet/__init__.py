@@ -1,0 +1,37 @@
+"""minisegnet: SegNet from scratch on NumPy and CuPy, every backward written by hand."""
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("minisegnet")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.1.0"
+
+from .backend import cuda_is_available, get_array_module, to_device, to_numpy  # noqa: E402
+from .module import Module, Parameter, Sequential  # noqa: E402
+from .layers import (  # noqa: E402
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    MaxPool2d,
+    MaxUnpool2d,
+    ReLU,
+    SoftmaxCrossEntropy,
+)
+
+__all__ = [
+    "__version__",
+    "cuda_is_available",
+    "get_array_module",
+    "to_device",
+    "to_numpy",
+    "Module",
+    "Parameter",
+    "Sequential",
+    "Conv2d",
+    "BatchNorm2d",
+    "ReLU",
+    "Dropout",
+    "MaxPool2d",
+    "MaxUnpool2d",
+    "SoftmaxCrossEntropy",
+]

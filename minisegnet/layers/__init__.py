@@ -1,0 +1,9 @@
+"""The layers of SegNet, one concept per file, each with a hand-written backward."""
+from .activation import ReLU
+from .batchnorm import BatchNorm2d
+from .conv import Conv2d
+from .dropout import Dropout
+from .loss import SoftmaxCrossEntropy
+from .pooling import MaxPool2d, MaxUnpool2d
+
+__all__ = ["Conv2d", "BatchNorm2d", "ReLU", "Dropout", "MaxPool2d", "MaxUnpool2d", "SoftmaxCrossEntropy"]

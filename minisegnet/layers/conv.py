@@ -1,0 +1,6 @@
+"""PLACEHOLDER: being written."""
+from ..module import Module
+
+
+class Conv2d(Module):
+    pass
