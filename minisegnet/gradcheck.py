@@ -62,11 +62,14 @@ def _as_tuple(x):
 
 def _random_like(rng, array):
     xp = get_array_module(array)
-    return xp.asarray(rng.standard_normal(np.shape(array)), dtype=array.dtype)
+    dtype = getattr(array, "dtype", np.float64)  # a loss may return a Python float
+    return xp.asarray(rng.standard_normal(np.shape(array)), dtype=dtype)
 
 
 def _scalar_objective(output, upstream) -> float:
     xp = get_array_module(output)
+    if not hasattr(output, "dtype"):
+        output = np.asarray(output, dtype=np.float64)
     return float(xp.sum(xp.asarray(output, dtype=np.float64) * upstream))
 
 

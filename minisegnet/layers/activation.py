@@ -1,6 +1,61 @@
-"""PLACEHOLDER: being written."""
+"""The rectified linear unit that follows every BatchNorm in SegNet."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module, is_array
 from ..module import Module
+from ..validation import check_grad_shape, require_cache
+
+_LAYER = "ReLU"
+
+
+def _check_float_array(layer: str, x, name: str = "input"):
+    if not is_array(x):
+        raise TypeError(f"{layer}: expected {name} as a NumPy/CuPy array, got {type(x).__name__}")
+    if np.dtype(x.dtype).kind != "f":
+        raise ValueError(f"{layer}: expected a floating-point {name} (float32 or float64), got dtype {x.dtype}")
+    return x
 
 
 class ReLU(Module):
-    pass
+    r"""``y = max(x, 0)`` element-wise, any shape.
+
+    Backward.  ``dy/dx`` is 1 where ``x > 0`` and 0 where ``x < 0`` (at ``x = 0`` we take
+    0, as PyTorch does), so ::
+
+        dx = dy  where x > 0,   0 elsewhere.
+
+    The forward keeps the boolean mask ``x > 0`` (``self._mask``, one byte per value)
+    when ``self.requires_grad``, and nothing otherwise.  Backward returns a **new** array
+    built with ``xp.where``; it never writes into the incoming gradient ``dy``, which the
+    caller may still need (deep-learning-from-scratch's ``dout[self.mask] = 0`` did, and
+    corrupted any gradient shared with another branch).
+
+    Same in training and eval mode.  ``inplace=True`` (PyTorch's flag) writes the result
+    into ``x`` itself to save one full-size buffer; use it only when nothing else needs
+    ``x`` afterwards.
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)
+        self._mask = None
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+    def forward(self, x):
+        _check_float_array(_LAYER, x)
+        xp = get_array_module(x)
+        mask = (x > 0) if self.requires_grad else None
+        zero = x.dtype.type(0)
+        y = xp.maximum(x, zero, out=x) if self.inplace else xp.maximum(x, zero)
+        self._mask = mask
+        return y
+
+    def backward(self, dy):
+        mask = require_cache(_LAYER, self._mask)
+        check_grad_shape(_LAYER, dy, mask.shape)
+        xp = get_array_module(dy)
+        return xp.where(mask, dy, dy.dtype.type(0))  # a new array; dy is left untouched

@@ -1,6 +1,210 @@
-"""PLACEHOLDER: being written."""
-from ..module import Module
+"""Batch normalisation over the channels of a feature map (``BatchNorm2d``).
+
+In SegNet every convolution is followed by batch normalisation and then a ReLU::
+
+    conv -> BatchNorm2d -> ReLU
+
+Batch normalisation (Ioffe & Szegedy, 2015) was proposed against *internal covariate
+shift*: the distribution of a layer's inputs drifts while the layers before it learn.
+Normalising each channel to zero mean and unit variance, then letting the network
+re-scale and re-shift it with learnt ``weight`` (gamma) and ``bias`` (beta), makes
+deep stacks such as SegNet's 26 convolutions train quickly and stably.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import device_of, get_array_module
+from ..module import Module, Parameter
+from ..validation import check_feature_map, check_grad_shape, require_cache
+
+_LAYER = "BatchNorm2d"
+
+
+def _per_channel(v):
+    """View a (C,) vector as (1, C, 1, 1) so that it broadcasts over N, H, W."""
+    return v.reshape(1, -1, 1, 1)
 
 
 class BatchNorm2d(Module):
-    pass
+    r"""Per-channel batch normalisation of an NCHW map, with a hand-written backward.
+
+    **Per channel, not per activation.**  The statistics of channel ``c`` are taken over
+    all ``m = N*H*W`` values of that channel in the batch (the same filter produced them
+    all, so they share one mean and variance).  Flattening the map and normalising each
+    of the ``C*H*W`` activations separately -- what a fully connected BatchNorm does when
+    handed a conv map -- is a different, wrong layer for convolutions.
+
+    Forward, for one channel (``i`` runs over its ``m`` values)::
+
+        mu    = (1/m) sum_i x_i                   batch mean
+        var   = (1/m) sum_i (x_i - mu)^2          biased batch variance
+        sigma = sqrt(var + eps)
+        xhat_i = (x_i - mu) / sigma
+        y_i    = gamma * xhat_i + beta
+
+    **Training mode** (``self.training``) normalises with the batch statistics above and
+    updates the running estimates used at inference, exactly as PyTorch does::
+
+        running_mean <- (1 - momentum) * running_mean + momentum * mu
+        running_var  <- (1 - momentum) * running_var  + momentum * var * m / (m - 1)
+
+    (the *unbiased* variance goes into ``running_var``; ``momentum=None`` gives a
+    cumulative average ``1 / num_batches_tracked`` instead).  A channel with a single
+    value (``m == 1``) has no variance, so training mode refuses it, as PyTorch does.
+
+    **Eval mode** normalises with ``running_mean`` and ``running_var``: the layer becomes
+    a fixed per-channel affine map, and a prediction no longer depends on the other
+    images of the batch.  How good those running statistics are matters: SegNet's
+    ``compute_bn_statistics.py`` recomputes them over the training set after training
+    (a training-loop feature, not this layer's job; ``momentum=None`` and forward
+    passes in training mode give that average).
+
+    Backward.  Given ``dy = dL/dy``, the parameter gradients are the same in both
+    modes::
+
+        dbeta  = sum_i dy_i                 dgamma = sum_i dy_i * xhat_i
+
+    *Eval mode*: ``mu`` and ``sigma`` are constants, so ``y = (gamma/sigma) x + const``
+    and ::
+
+        dx_i = (gamma / sigma) * dy_i
+
+    *Training mode*: ``mu`` and ``sigma`` depend on every ``x_i``.  With
+    ``d mu / d x_i = 1/m`` and ``d sigma / d x_i = (x_i - mu) / (m sigma) = xhat_i / m``::
+
+        d xhat_j / d x_i = (delta_ij - 1/m) / sigma - (x_j - mu) / sigma^2 * xhat_i / m
+                         = (1/sigma) (delta_ij - 1/m - xhat_i xhat_j / m)
+
+    and with ``dxhat_j = gamma dy_j`` the chain rule ``dx_i = sum_j dxhat_j dxhat_j/dx_i``
+    gives ::
+
+        dx_i = (gamma / sigma) / m * (m dy_i - sum_j dy_j - xhat_i sum_j dy_j xhat_j)
+             = (gamma / sigma) * (dy_i - dbeta / m - xhat_i * dgamma / m)
+
+    Within each channel the gradient has zero mean and (up to ``eps``) is orthogonal to
+    ``xhat``: shifting or scaling a channel's input cannot change its normalised output.
+
+    Caches (kept only when ``self.requires_grad``; ``None`` otherwise): ``self._xhat`` the
+    normalised input, ``self._inv_std`` the per-channel ``1/sigma`` that was used, and
+    ``self._used_batch_stats`` which of the two backward formulas applies (the mode of the
+    *forward*, whatever the mode is when backward runs).
+
+    Cost: the mean is one pass over ``x``; the centred map ``x - mu`` is the one new
+    full-size buffer, its per-channel sum of squares comes from ``einsum`` (no squared
+    temporary), and it is then normalised in place into ``xhat``.  So a forward
+    allocates only ``xhat`` and ``y`` (just ``y`` without ``requires_grad``) and a
+    backward allocates only ``dx``.  (Two passes, not the one-pass ``E[x^2] - E[x]^2``,
+    which cancels catastrophically in float32.)  Arithmetic follows the
+    input's dtype: parameters and buffers are read in that dtype (float64 input stays
+    float64 end to end).
+
+    Parameters ``weight`` (ones) and ``bias`` (zeros), buffers ``running_mean`` (zeros),
+    ``running_var`` (ones), ``num_batches_tracked`` (a 0-d int64), all created in float32
+    on the CPU (``.double()``, ``.to("cuda")`` convert them).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) or num_features < 1:
+            raise ValueError(f"{_LAYER}: expected num_features as a positive int, got {num_features!r}")
+        if not eps > 0:
+            raise ValueError(f"{_LAYER}: expected eps > 0, got {eps!r}")
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{_LAYER}: expected momentum in [0, 1] or None (cumulative average), got {momentum!r}")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.weight = Parameter(np.ones(self.num_features, dtype=np.float32))
+        self.bias = Parameter(np.zeros(self.num_features, dtype=np.float32))
+        self.register_buffer("running_mean", np.zeros(self.num_features, dtype=np.float32))
+        self.register_buffer("running_var", np.ones(self.num_features, dtype=np.float32))
+        self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
+        self._xhat = None
+        self._inv_std = None
+        self._used_batch_stats = None
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum}"
+
+    # -- forward ----------------------------------------------------------------------
+    def forward(self, x):
+        check_feature_map(_LAYER, x, channels=self.num_features)
+        xp = get_array_module(x)
+        if get_array_module(self.weight.data) is not xp:
+            raise RuntimeError(
+                f"{_LAYER}: input is on {device_of(x)!r} but the layer's parameters are on "
+                f"{device_of(self.weight.data)!r}; move one of them (module.to(...))"
+            )
+        dtype = x.dtype
+        n, c, h, w = x.shape
+        m = n * h * w
+        gamma = self.weight.data.astype(dtype, copy=False)
+        beta = self.bias.data.astype(dtype, copy=False)
+
+        if self.training:
+            if m < 2:
+                raise ValueError(
+                    f"{_LAYER}: expected more than 1 value per channel in training mode "
+                    f"(N*H*W > 1), got input of shape {tuple(x.shape)}"
+                )
+            mean = x.mean(axis=(0, 2, 3))  # (C,), in x's dtype
+            centred = x - _per_channel(mean)  # the one full-size buffer: becomes xhat (or y)
+            var = xp.einsum("nchw,nchw->c", centred, centred) / m  # biased; no squared temporary
+            self._update_running_stats(mean, var, m)
+        else:
+            mean = self.running_mean.astype(dtype, copy=False)
+            var = self.running_var.astype(dtype, copy=False)
+            centred = x - _per_channel(mean)
+        inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,)
+
+        if self.requires_grad:
+            xhat = centred
+            xhat *= _per_channel(inv_std)
+            y = xhat * _per_channel(gamma)
+            y += _per_channel(beta)
+            self._xhat, self._inv_std, self._used_batch_stats = xhat, inv_std, bool(self.training)
+        else:  # no cache: turn the centred buffer into y in place
+            y = centred
+            y *= _per_channel(gamma * inv_std)
+            y += _per_channel(beta)
+            self._xhat = self._inv_std = self._used_batch_stats = None
+        return y
+
+    def _update_running_stats(self, mean, var, m: int) -> None:
+        """Move the running estimates towards this batch (in place on the buffers)."""
+        # Local names on purpose: ``self.running_mean *= ...`` would re-assign the attribute.
+        running_mean, running_var, tracked = self.running_mean, self.running_var, self.num_batches_tracked
+        tracked += 1
+        momentum = 1.0 / float(tracked) if self.momentum is None else self.momentum
+        unbiased_var = var * (m / (m - 1))
+        running_mean *= 1.0 - momentum
+        running_mean += momentum * mean.astype(running_mean.dtype, copy=False)
+        running_var *= 1.0 - momentum
+        running_var += momentum * unbiased_var.astype(running_var.dtype, copy=False)
+
+    # -- backward ---------------------------------------------------------------------
+    def backward(self, dy):
+        xhat = require_cache(_LAYER, self._xhat)
+        check_grad_shape(_LAYER, dy, xhat.shape)
+        xp = get_array_module(dy)
+        dtype = xhat.dtype
+        gamma = self.weight.data.astype(dtype, copy=False)
+        dbeta = dy.sum(axis=(0, 2, 3))
+        dgamma = xp.einsum("nchw,nchw->c", dy, xhat)
+        scale = gamma * self._inv_std  # gamma / sigma, per channel
+
+        if self._used_batch_stats:
+            n, _, h, w = xhat.shape
+            m = n * h * w
+            # dx = (gamma/sigma) * (dy - dbeta/m - xhat * dgamma/m), one full-size buffer
+            dx = xhat * _per_channel(dgamma / m)
+            dx += _per_channel(dbeta / m)
+            xp.subtract(dy, dx, out=dx)
+            dx *= _per_channel(scale)
+        else:
+            dx = dy * _per_channel(scale)
+
+        self.weight.accumulate_grad(dgamma)
+        self.bias.accumulate_grad(dbeta)
+        return dx

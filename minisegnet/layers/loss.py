@@ -1,6 +1,212 @@
-"""PLACEHOLDER: being written."""
+"""Per-pixel softmax cross-entropy: the loss SegNet trains with."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import device_of, get_array_module, is_array, to_device, to_numpy
 from ..module import Module
+from ..validation import check_feature_map, require_cache
+
+_LAYER = "SoftmaxCrossEntropy"
+
+NORMALIZE_MODES = ("valid", "weights", "full", "batch", "sum")
 
 
 class SoftmaxCrossEntropy(Module):
-    pass
+    r"""Softmax over the class axis and cross-entropy against a label map, for every pixel.
+
+    For a pixel with logits ``z`` (K values), label ``y`` and class weight ``w_y``::
+
+        p_k     = exp(z_k - max z) / sum_j exp(z_j - max z)           (softmax)
+        loss_px = -w_y log p_y = w_y (log sum_j exp(z_j - max z) - (z_y - max z))
+
+    Subtracting ``max z`` changes nothing mathematically but keeps every ``exp`` in
+    ``(0, 1]`` and the sum in ``[1, K]``: logits of +-1e4 give a finite loss and gradient.
+
+    ``loss = sum over pixels of loss_px / normaliser``, where ``normalize`` chooses:
+
+    ``"valid"``   the number of non-ignored pixels -- SegNet's Caffe ``SoftmaxWithLoss``
+                  (class weights do *not* enter the normaliser);
+    ``"weights"`` the sum of ``w_y`` over non-ignored pixels -- PyTorch's
+                  ``nn.CrossEntropyLoss(weight, ignore_index)`` (same as "valid" without
+                  weights);
+    ``"full"``    all ``N*H*W`` pixels, ignored or not (Caffe's FULL);
+    ``"batch"``   the batch size ``N`` (Caffe's BATCH_SIZE);
+    ``"sum"``     1, the plain sum (Caffe's NONE).
+
+    Pixels whose label is ``ignore_index`` (CamVid's void) contribute nothing to the loss,
+    the gradient or the normaliser.  When the normaliser is 0 (every pixel ignored, or
+    zero weight on all of them) the loss is 0.0 and the gradient is zero, instead of the
+    0/0 = NaN PyTorch returns.
+
+    Backward.  With ``log p_y = z_y - log sum_j exp z_j``, ::
+
+        d(-log p_y)/dz_k = p_k - [k = y]       so      dL/dz_k = w_y (p_k - [k = y]) / normaliser
+
+    for every non-ignored pixel, and 0 for ignored ones.  No dense one-hot is built: the
+    forward's softmax buffer becomes the gradient buffer in place (1 is subtracted only
+    at the label of each pixel, through integer indexing), so a forward plus backward
+    allocates one logits-sized array.  That buffer is handed out by ``backward``, which
+    therefore runs once per forward (like PyTorch freeing its graph).
+
+    ``forward(logits (N, K, H, W) float, labels (N, H, W) integer) -> float``; labels on
+    the host are moved to the logits' device.  ``backward(grad_output=1.0) -> dlogits``
+    (same shape and dtype as ``logits``; ``grad_output`` scales it, for a weighted sum of
+    losses).  Same in training and eval mode, except that eval mode (``requires_grad``
+    False) keeps no cache.  Caches: ``self._probs`` (softmax, becomes the gradient),
+    ``self._safe_labels`` (labels with ignored pixels set to 0, shape (N, H*W)),
+    ``self._pixel_scale`` (``w_y / normaliser``, 0 on ignored pixels, shape (N, H*W)).
+    """
+
+    def __init__(self, weight=None, ignore_index: int | None = None, normalize: str = "valid"):
+        super().__init__()
+        if normalize not in NORMALIZE_MODES:
+            raise ValueError(f"{_LAYER}: expected normalize in {NORMALIZE_MODES}, got {normalize!r}")
+        bad_ignore = isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
+        if ignore_index is not None and bad_ignore:
+            raise ValueError(f"{_LAYER}: expected ignore_index as an int or None, got {ignore_index!r}")
+        self.normalize = normalize
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        if weight is not None:
+            weight = to_numpy(weight) if is_array(weight) else np.asarray(weight)
+            if weight.ndim != 1 or weight.size == 0 or weight.dtype.kind not in "biuf":
+                raise ValueError(
+                    f"{_LAYER}: expected weight as a 1-D array of K class weights, "
+                    f"got shape {tuple(weight.shape)} dtype {weight.dtype}"
+                )
+            weight = weight.astype(np.float64) if weight.dtype.kind != "f" else weight.copy()
+            if not (np.all(np.isfinite(weight)) and np.all(weight >= 0)):
+                raise ValueError(f"{_LAYER}: expected finite, non-negative class weights, got {weight}")
+            self.register_buffer("weight", weight)
+        else:
+            self.weight = None
+        self._probs = None
+        self._safe_labels = None
+        self._pixel_scale = None
+        self._logits_shape = None
+
+    def extra_repr(self) -> str:
+        w = None if self.weight is None else f"<{self.weight.shape[0]} classes>"
+        return f"weight={w}, ignore_index={self.ignore_index}, normalize={self.normalize!r}"
+
+    def _check_labels(self, logits, labels):
+        if not is_array(labels):
+            raise TypeError(f"{_LAYER}: expected labels as a NumPy/CuPy array, got {type(labels).__name__}")
+        n, k, h, w = logits.shape
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"{_LAYER}: expected integer labels (e.g. uint8, int64), got dtype {labels.dtype}")
+        if tuple(labels.shape) != (n, h, w):
+            raise ValueError(
+                f"{_LAYER}: expected labels of shape (N, H, W) = {(n, h, w)} to match logits "
+                f"{tuple(logits.shape)}, got {tuple(labels.shape)}"
+            )
+        if self.weight is not None and self.weight.shape[0] != k:
+            raise ValueError(
+                f"{_LAYER}: expected {k} class weights (one per logit channel), got {self.weight.shape[0]}"
+            )
+        labels = to_device(labels, device_of(logits))
+        xp = get_array_module(logits)
+        # compare only with values the label dtype can hold (uint8 labels vs ignore_index=-100, K=300 ...)
+        info = np.iinfo(labels.dtype)
+        ignore = self.ignore_index
+        if ignore is not None and not info.min <= ignore <= info.max:
+            ignore = None  # no label of this dtype can equal it
+        bad = labels >= k if k <= info.max else xp.zeros(labels.shape, dtype=bool)
+        if info.min < 0:
+            bad |= labels < 0
+        if ignore is not None:
+            bad &= labels != ignore
+        if bool(bad.any()):
+            values = to_numpy(xp.unique(labels[bad]))
+            shown = ", ".join(str(v) for v in values[:10]) + (", ..." if values.size > 10 else "")
+            also = "" if self.ignore_index is None else f" or the ignore_index {self.ignore_index}"
+            raise ValueError(f"{_LAYER}: expected labels in [0, {k}){also}, got values {shown}")
+        return labels, ignore
+
+    def forward(self, logits, labels) -> float:
+        check_feature_map(_LAYER, logits, name="logits")
+        labels, ignore = self._check_labels(logits, labels)
+        xp = get_array_module(logits)
+        dtype = logits.dtype
+        n, k, h, w = logits.shape
+        pixels = h * w
+
+        # index arrays that pick logits[b, label[b, p], p] in the (N, K, H*W) view
+        if ignore is not None:
+            valid = (labels != ignore).reshape(n, pixels)
+            safe_labels = xp.where(valid, labels.reshape(n, pixels), 0)
+        else:
+            valid = None
+            safe_labels = labels.reshape(n, pixels)
+        rows = xp.arange(n).reshape(n, 1)
+        cols = xp.arange(pixels).reshape(1, pixels)
+
+        # stable log-softmax, one logits-sized buffer (exp of the shifted logits)
+        z = logits.reshape(n, k, pixels)
+        z_max = z.max(axis=1)  # (N, P)
+        probs = z - z_max[:, None, :]
+        xp.exp(probs, out=probs)
+        sum_exp = probs.sum(axis=1)  # (N, P), in [1, K]
+        # -log p_y = (z_max - z_y) + log(sum_exp); the difference first, so big logits cancel exactly
+        nll = z_max - z[rows, safe_labels, cols]
+        nll += xp.log(sum_exp)
+
+        # per-pixel weight w_y, 0 on ignored pixels
+        if self.weight is not None:
+            class_weight = xp.asarray(to_device(self.weight, device_of(logits)), dtype=dtype)
+            pixel_weight = class_weight[safe_labels]
+            if valid is not None:
+                pixel_weight *= valid
+        elif valid is not None:
+            pixel_weight = valid.astype(dtype)
+        else:
+            pixel_weight = None
+
+        normaliser = self._normaliser(xp, pixel_weight, valid, n, pixels)
+        if normaliser > 0:
+            total = xp.sum(nll) if pixel_weight is None else xp.einsum("np,np->", nll, pixel_weight)
+            loss = float(total) / normaliser
+        else:
+            loss = 0.0
+
+        if self.requires_grad:
+            probs /= sum_exp[:, None, :]
+            scale = dtype.type(1.0 / normaliser if normaliser > 0 else 0.0)
+            if pixel_weight is None:
+                pixel_scale = xp.full((n, pixels), scale, dtype=dtype)
+            else:
+                pixel_scale = pixel_weight
+                pixel_scale *= scale
+            self._probs, self._safe_labels, self._pixel_scale = probs, safe_labels, pixel_scale
+            self._logits_shape = tuple(logits.shape)
+        else:
+            self._probs = self._safe_labels = self._pixel_scale = self._logits_shape = None
+        return loss
+
+    def _normaliser(self, xp, pixel_weight, valid, n: int, pixels: int) -> float:
+        mode = self.normalize
+        if mode == "valid" or (mode == "weights" and self.weight is None):
+            return float(n * pixels) if valid is None else float(xp.count_nonzero(valid))
+        if mode == "weights":
+            return float(xp.sum(pixel_weight))
+        if mode == "full":
+            return float(n * pixels)
+        if mode == "batch":
+            return float(n)
+        return 1.0  # "sum"
+
+    def backward(self, grad_output=1.0):
+        grad = require_cache(_LAYER, self._probs)
+        xp = get_array_module(grad)
+        n = grad.shape[0]
+        pixels = grad.shape[2]
+        rows = xp.arange(n).reshape(n, 1)
+        cols = xp.arange(pixels).reshape(1, pixels)
+        grad[rows, self._safe_labels, cols] -= 1  # softmax - onehot, without the one-hot
+        scale = self._pixel_scale
+        if not (isinstance(grad_output, (int, float)) and grad_output == 1.0):
+            scale = scale * xp.asarray(grad_output, dtype=grad.dtype)
+        grad *= scale[:, None, :]
+        shape = self._logits_shape
+        self._probs = self._safe_labels = self._pixel_scale = self._logits_shape = None  # buffer handed out
+        return grad.reshape(shape)

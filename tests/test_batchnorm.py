@@ -1,0 +1,255 @@
+"""BatchNorm2d: per-channel statistics, running stats, backward in train and eval mode."""
+import numpy as np
+import pytest
+
+from minisegnet.gradcheck import check_module
+from minisegnet.layers.batchnorm import BatchNorm2d
+
+
+def make_bn(channels, dtype=np.float64, seed=0, **kwargs):
+    """A BatchNorm2d with non-trivial gamma and beta, in ``dtype``."""
+    rng = np.random.default_rng(seed)
+    bn = BatchNorm2d(channels, **kwargs).astype(dtype)
+    bn.weight.data[...] = rng.uniform(0.5, 2.0, channels) * rng.choice([-1, 1], channels)
+    bn.bias.data[...] = rng.standard_normal(channels)
+    return bn
+
+
+def set_running_stats(bn, seed=1):
+    rng = np.random.default_rng(seed)
+    bn.running_mean[...] = rng.standard_normal(bn.num_features)
+    bn.running_var[...] = rng.uniform(0.3, 3.0, bn.num_features)
+
+
+def random_map(shape, seed=2, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    # per-channel offsets and scales so that normalisation does something
+    c = shape[1]
+    x = rng.standard_normal(shape) * rng.uniform(0.5, 3.0, (1, c, 1, 1)) + rng.standard_normal((1, c, 1, 1))
+    return x.astype(dtype)
+
+
+# -- gradient checks ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 2, 3, 3), (3, 2, 5, 7), (4, 3, 1, 1), (1, 1, 1, 2)])
+def test_gradcheck_training_mode(shape):
+    bn = make_bn(shape[1])
+    check_module(bn, random_map(shape))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 2, 3, 3), (3, 2, 5, 7), (1, 3, 1, 1)])
+def test_gradcheck_eval_mode(shape):
+    bn = make_bn(shape[1])
+    set_running_stats(bn)
+    bn.eval().requires_grad_(True)
+    check_module(bn, random_map(shape))
+
+
+def test_backward_uses_the_mode_of_its_forward():
+    x = random_map((2, 3, 4, 4))
+    dy = np.random.default_rng(5).standard_normal(x.shape)
+    reference = make_bn(3)
+    reference.forward(x)
+    expected = reference.backward(dy)
+    bn = make_bn(3)
+    bn.forward(x)  # training-mode forward
+    bn.eval()  # switching mode before backward must not change the formula
+    np.testing.assert_allclose(bn.backward(dy), expected, rtol=1e-12, atol=1e-12)
+
+
+# -- forward behaviour -------------------------------------------------------------------
+
+def test_statistics_are_per_channel_not_per_activation():
+    bn = BatchNorm2d(3).double()
+    x = random_map((4, 3, 5, 6))
+    y = bn.forward(x)
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0.0, atol=1e-12)
+    expected_var = x.var(axis=(0, 2, 3)) / (x.var(axis=(0, 2, 3)) + bn.eps)
+    np.testing.assert_allclose(y.var(axis=(0, 2, 3)), expected_var, rtol=1e-12)
+    # a per-activation BatchNorm would give zero mean at every (c, h, w); ours does not
+    assert np.abs(y.mean(axis=0)).max() > 0.1
+
+
+def test_training_forward_formula_and_running_stats_update():
+    bn = make_bn(3, momentum=0.25)
+    set_running_stats(bn)
+    rm0, rv0 = bn.running_mean.copy(), bn.running_var.copy()
+    x = random_map((2, 3, 3, 4))
+    y = bn.forward(x)
+    mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    g, b = bn.weight.data, bn.bias.data
+    expected = g[None, :, None, None] * (x - mean[None, :, None, None]) / np.sqrt(var + bn.eps)[None, :, None, None]
+    np.testing.assert_allclose(y, expected + b[None, :, None, None], rtol=1e-12, atol=1e-12)
+    m = 2 * 3 * 4
+    np.testing.assert_allclose(bn.running_mean, 0.75 * rm0 + 0.25 * mean, rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, 0.75 * rv0 + 0.25 * var * m / (m - 1), rtol=1e-12)  # unbiased
+    assert bn.num_batches_tracked.shape == () and bn.num_batches_tracked.dtype == np.int64
+    assert int(bn.num_batches_tracked) == 1
+
+
+def test_buffers_stay_registered_after_updates():
+    bn = BatchNorm2d(2)
+    for _ in range(2):
+        bn.forward(random_map((2, 2, 3, 3), dtype=np.float32))
+    state = bn.state_dict()
+    assert list(state) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert int(state["num_batches_tracked"]) == 2
+    assert not np.allclose(state["running_mean"], 0.0)
+
+
+def test_momentum_none_gives_cumulative_average():
+    bn = BatchNorm2d(2, momentum=None).double()
+    xs = [random_map((2, 2, 3, 3), seed=s) for s in range(3)]
+    for x in xs:
+        bn.forward(x)
+    np.testing.assert_allclose(bn.running_mean, np.mean([x.mean(axis=(0, 2, 3)) for x in xs], axis=0), rtol=1e-12)
+    m = 2 * 3 * 3
+    unbiased = [x.var(axis=(0, 2, 3)) * m / (m - 1) for x in xs]
+    np.testing.assert_allclose(bn.running_var, np.mean(unbiased, axis=0), rtol=1e-12)
+
+
+def test_eval_uses_running_stats_and_leaves_them_alone():
+    bn = make_bn(3)
+    set_running_stats(bn)
+    bn.eval()
+    before = {k: v.copy() for k, v in bn.state_dict().items()}
+    x = random_map((1, 3, 2, 3))
+    y = bn.forward(x)
+    rm, rv = bn.running_mean[None, :, None, None], bn.running_var[None, :, None, None]
+    expected = bn.weight.data[None, :, None, None] * (x - rm) / np.sqrt(rv + bn.eps) + bn.bias.data[None, :, None, None]
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    for k, v in bn.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert bn._xhat is None and bn._inv_std is None  # eval keeps nothing
+
+
+def test_no_cache_without_requires_grad_gives_same_output():
+    x = random_map((2, 3, 3, 3))
+    with_cache = make_bn(3).forward(x)
+    bn = make_bn(3).requires_grad_(False)  # training statistics, but no activations kept
+    np.testing.assert_allclose(bn.forward(x), with_cache, rtol=1e-12, atol=1e-12)
+    assert bn._xhat is None
+    with pytest.raises(RuntimeError, match="BatchNorm2d.backward called before forward"):
+        bn.backward(np.ones_like(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtype_follows_the_input(dtype):
+    bn = BatchNorm2d(2)  # float32 parameters and buffers
+    x = random_map((2, 2, 3, 3), dtype=dtype)
+    y = bn.forward(x)
+    dx = bn.backward(np.ones_like(y))
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert bn._xhat.dtype == dtype and bn._inv_std.dtype == dtype
+    assert bn.running_mean.dtype == np.float32 and bn.weight.grad.dtype == np.float32
+    bn.eval()
+    assert bn.forward(x).dtype == dtype
+
+
+def test_param_grads_accumulate_across_backwards():
+    bn = make_bn(3)
+    x = random_map((2, 3, 3, 4))
+    dy = np.random.default_rng(3).standard_normal(x.shape)
+    bn.forward(x)
+    bn.backward(dy)
+    g1, b1 = bn.weight.grad.copy(), bn.bias.grad.copy()
+    bn.forward(x)
+    bn.backward(dy)
+    np.testing.assert_allclose(bn.weight.grad, 2 * g1, rtol=1e-12)
+    np.testing.assert_allclose(bn.bias.grad, 2 * b1, rtol=1e-12)
+    bn.zero_grad()
+    assert bn.weight.grad is None
+
+
+def test_training_input_gradient_is_centred_and_orthogonal_to_xhat():
+    bn = make_bn(3, eps=1e-12)  # orthogonality is exact only as eps -> 0
+    x = random_map((2, 3, 4, 4))
+    bn.forward(x)
+    dx = bn.backward(np.random.default_rng(4).standard_normal(x.shape))
+    np.testing.assert_allclose(dx.sum(axis=(0, 2, 3)), 0.0, atol=1e-10)
+    np.testing.assert_allclose(np.einsum("nchw,nchw->c", dx, bn._xhat), 0.0, atol=1e-10)
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "x, error, message",
+    [
+        (np.zeros((2, 3, 4), np.float32), ValueError, "4-D"),
+        (np.zeros((2, 4, 3, 3), np.float32), ValueError, "3 channels, got 4"),
+        (np.zeros((2, 3, 3, 3), np.int32), ValueError, "floating-point"),
+        ([[[[1.0]]]], TypeError, "array"),
+    ],
+)
+def test_bad_input(x, error, message):
+    with pytest.raises(error, match=message) as info:
+        BatchNorm2d(3).forward(x)
+    assert "BatchNorm2d" in str(info.value)
+
+
+def test_single_value_per_channel_in_training_raises_but_eval_is_fine():
+    x = np.ones((1, 3, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        BatchNorm2d(3).forward(x)
+    assert BatchNorm2d(3).eval().forward(x).shape == x.shape
+
+
+def test_backward_errors():
+    bn = BatchNorm2d(2)
+    with pytest.raises(RuntimeError, match="before forward"):
+        bn.backward(np.zeros((1, 2, 2, 2), np.float32))
+    bn.forward(np.ones((1, 2, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm2d.backward: .* gradient of shape \(1, 2, 2, 2\)"):
+        bn.backward(np.zeros((1, 2, 2, 3), np.float32))
+    bn.eval()
+    bn.forward(np.ones((1, 2, 2, 2), np.float32))  # eval: nothing kept
+    with pytest.raises(RuntimeError, match="requires_grad"):
+        bn.backward(np.zeros((1, 2, 2, 2), np.float32))
+    bn.requires_grad_(True)
+    bn.forward(np.ones((1, 2, 2, 2), np.float32))
+    assert bn.backward(np.ones((1, 2, 2, 2), np.float32)).shape == (1, 2, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(num_features=0), dict(num_features=2.5), dict(num_features=2, eps=0.0), dict(num_features=2, momentum=1.5)],
+)
+def test_bad_constructor_arguments(kwargs):
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        BatchNorm2d(**kwargs)
+
+
+# -- parity with PyTorch -----------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-5), (np.float64, 1e-11)])
+def test_parity_with_torch(dtype, tol):
+    torch = pytest.importorskip("torch", reason="PyTorch is the test oracle for parity tests")
+    tdtype = torch.float32 if dtype == np.float32 else torch.float64
+    ours = make_bn(4, dtype=dtype, momentum=0.3)
+    ref = torch.nn.BatchNorm2d(4, momentum=0.3).to(tdtype)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(ours.weight.data))
+        ref.bias.copy_(torch.from_numpy(ours.bias.data))
+    rng = np.random.default_rng(7)
+
+    def step(shape, seed):
+        x = random_map(shape, seed=seed, dtype=dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = ref(xt)
+        yt.backward(torch.from_numpy(dy))
+        y = ours.forward(x)
+        dx = ours.backward(dy)
+        np.testing.assert_allclose(y, yt.detach().numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=tol, atol=tol)
+
+    for seed, shape in enumerate([(2, 4, 3, 5), (1, 4, 4, 3), (3, 4, 2, 2)]):
+        step(shape, seed)
+        np.testing.assert_allclose(ours.running_mean, ref.running_mean.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(ours.running_var, ref.running_var.numpy(), rtol=tol, atol=tol)
+        assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked)
+    ours.eval().requires_grad_(True)
+    ref.eval()
+    step((2, 4, 3, 3), 10)
+    np.testing.assert_allclose(ours.weight.grad, ref.weight.grad.numpy(), rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(ours.bias.grad, ref.bias.grad.numpy(), rtol=tol, atol=tol * 10)

@@ -1,0 +1,275 @@
+"""The training loop: learning, exact resumption, files, time budget, evaluation, BN statistics.
+
+Everything runs on tiny synthetic data (a few 32×48 scenes) and a tiny SegNet-Basic
+(8 channels, 3×3 kernels), so the file takes seconds; one test trains on real CamVid for a few
+minutes and is skipped without the data.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minisegnet.checkpoint import load_model, read_checkpoint
+from minisegnet.data import ArrayDataset, BatchLoader
+from minisegnet.layers import BatchNorm2d, Conv2d
+from minisegnet.models import SegNetBasic
+from minisegnet.train import TrainConfig, Trainer, evaluate, recompute_bn_statistics, train
+
+TINY = dict(
+    model="segnet-basic", channels=8, kernel_size=3, dataset="synthetic", synthetic_train=16, synthetic_val=8,
+    size=(32, 48), batch_size=4, figure_interval=1e9,
+)
+
+
+def tiny_config(tmp_path, name="run", **overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, "out_dir": str(tmp_path / name), **overrides})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One short training run shared by the tests that only inspect its results."""
+    out = tmp_path_factory.mktemp("tiny")
+    config = TrainConfig(**{**TINY, "out_dir": str(out), "epochs": 5, "optimizer": "adam", "lr": 1e-2,
+                            "weight_decay": 0.0})
+    return config, train(config, progress=False)
+
+
+# -- learning ----------------------------------------------------------------------------------
+def test_loss_falls_over_a_few_epochs(tiny_run):
+    _, result = tiny_run
+    losses = [r["mean_loss"] for r in result.history]
+    assert len(losses) == 5
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert result.epochs_completed == 5 and result.steps == 5 * 4 and result.stopped_by == "epochs"
+
+
+def test_run_writes_checkpoints_log_and_figure(tiny_run):
+    config, result = tiny_run
+    out = Path(config.out_dir)
+    assert result.best_checkpoint == str(out / "best.npz") and result.last_checkpoint == str(out / "last.npz")
+    assert result.figure == str(out / "figure.png") and result.log == str(out / "log.jsonl")
+    assert not list(out.glob(".*tmp*")), "temporary files left behind"
+
+    records = [json.loads(line) for line in open(result.log)]
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "val_mean_iou" in r]
+    assert [r["step"] for r in steps] == list(range(1, 21))
+    assert [r["epoch"] for r in evals] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert all(0.0 <= r["val_mean_iou"] <= 1.0 and 0.0 <= r["val_global_accuracy"] <= 1.0 for r in evals)
+
+    with Image.open(result.figure) as im:
+        assert im.format == "PNG" and im.width > 400 and im.height > 400
+
+    extra = read_checkpoint(result.last_checkpoint, weights=False)["extra"]
+    assert extra["epoch"] == 5 and extra["batch"] == 0 and extra["step"] == 20
+    assert TrainConfig.from_dict(extra["train_config"]).channels == 8
+    assert len(extra["normalization"]["mean"]) == 3 and len(extra["class_weights"]) == 11
+    assert len(extra["history"]) == 5
+    best = read_checkpoint(result.best_checkpoint, weights=False)["extra"]
+    assert best["metrics"]["mean_iou"] == pytest.approx(max(r["val_mean_iou"] for r in evals))
+
+    model, _ = load_model(result.last_checkpoint)  # a checkpoint rebuilds the trained network
+    assert model.arch == "segnet-basic" and model.config["channels"] == 8
+
+
+def test_final_metrics_are_those_of_the_last_evaluation(tiny_run):
+    _, result = tiny_run
+    assert result.metrics["mean_iou"] == pytest.approx(result.history[-1]["val_mean_iou"])
+    assert len(result.metrics["per_class_iou"]) == 11
+
+
+# -- exact resumption --------------------------------------------------------------------------
+def _weights(path):
+    contents = read_checkpoint(path)
+    return contents["model"], contents["optimizer"]["state"]
+
+
+def _assert_same_state(path_a, path_b):
+    model_a, optim_a = _weights(path_a)
+    model_b, optim_b = _weights(path_b)
+    assert model_a.keys() == model_b.keys()
+    for name in model_a:
+        np.testing.assert_array_equal(model_a[name], model_b[name], err_msg=name)
+    assert optim_a.keys() == optim_b.keys()
+    for i in optim_a:
+        for key in optim_a[i]:
+            np.testing.assert_array_equal(optim_a[i][key], optim_b[i][key], err_msg=f"optimizer {i} {key}")
+
+
+@pytest.mark.parametrize("stop_after", [4, 3], ids=["after-an-epoch", "mid-epoch"])
+def test_resumed_run_gives_the_same_weights(tmp_path, stop_after):
+    # Dropout (Bayesian SegNet-Basic), flips, SGD momentum and a poly schedule: every source of
+    # state or randomness that resumption must restore.
+    common = dict(model="bayesian-segnet-basic", epochs=2, schedule="poly", lr=0.05, figure=False)
+    straight = train(tiny_config(tmp_path, "straight", **common), progress=False)
+
+    interrupted = train(tiny_config(tmp_path, "resumed", max_steps=stop_after, **common), progress=False)
+    assert interrupted.steps == stop_after and interrupted.stopped_by == "max_steps"
+    resumed = train(tiny_config(tmp_path, "resumed", resume="auto", **common), progress=False)
+    assert resumed.steps == straight.steps == 8
+
+    _assert_same_state(straight.last_checkpoint, resumed.last_checkpoint)
+    assert resumed.metrics["mean_iou"] == straight.metrics["mean_iou"]
+    extra = read_checkpoint(resumed.last_checkpoint, weights=False)["extra"]
+    assert [r["step"] for r in extra["history"]][-1] == 8
+    steps = [json.loads(line)["step"] for line in open(resumed.log) if '"loss"' in line]
+    assert steps == list(range(1, 9))  # the log continues without gaps or repeats
+
+
+def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="resume"):
+        Trainer(tiny_config(tmp_path, epochs=1, resume=str(tmp_path / "nope.npz")), progress=False)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match="junk.npz"):
+        Trainer(tiny_config(tmp_path, epochs=1, resume=str(junk)), progress=False)
+
+
+# -- time budget -------------------------------------------------------------------------------
+def test_time_budget_is_respected(tmp_path):
+    budget = 0.15  # minutes: the whole call, data preparation and final evaluation included
+    started = time.monotonic()
+    result = train(tiny_config(tmp_path, minutes=budget), progress=False)
+    wall = time.monotonic() - started
+    assert result.stopped_by == "minutes"
+    assert result.steps > 0 and Path(result.last_checkpoint).is_file() and Path(result.figure).is_file()
+    assert wall < 60 * budget + 3.0, f"{wall:.1f} s for a budget of {60 * budget:.0f} s"
+
+
+def test_time_budget_stretches_a_poly_schedule(tmp_path):
+    result = train(tiny_config(tmp_path, minutes=0.15, schedule="poly", figure=False), progress=False)
+    extra = read_checkpoint(result.last_checkpoint, weights=False)["extra"]
+    lrs = [json.loads(line)["lr"] for line in open(result.log) if '"loss"' in line]
+    assert extra["schedule_steps"] is not None and extra["schedule_steps"] >= result.steps - 1
+    assert lrs[-1] < lrs[0]
+
+
+# -- configuration -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(model="unet"), "unknown model"),
+        (dict(epochs=None), "epochs, minutes or max_steps"),
+        (dict(size="180by240"), "bad size"),
+        (dict(optimizer="rmsprop"), "unknown optimizer"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(crop=(64, 64)), "crop"),
+    ],
+)
+def test_bad_configuration_is_refused(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        Trainer(tiny_config(tmp_path, **{"epochs": 1, **overrides}), progress=False)
+
+
+def test_missing_camvid_folder_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="CamVid folder not found"):
+        Trainer(tiny_config(tmp_path, dataset="camvid", data_dir=str(tmp_path / "nope"), epochs=1), progress=False)
+
+
+# -- evaluation --------------------------------------------------------------------------------
+class _Oracle:
+    """A stand-in model that reads the label hidden in the red channel of each image."""
+
+    device = "cpu"
+
+    def predict(self, x):
+        return np.rint(x[:, 0] * 255.0 / 20.0).astype(np.int64)
+
+
+def _labelled_dataset(rng, n=6, h=24, w=32):
+    labels = rng.integers(0, 11, size=(n, h, w)).astype(np.uint8)
+    labels[:, :4, :4] = 11  # some void
+    images = np.zeros((n, h, w, 3), dtype=np.uint8)
+    images[..., 0] = np.minimum(labels, 10) * 20
+    return ArrayDataset(images, labels)
+
+
+def test_evaluate_scores_a_perfect_and_a_constant_model(rng):
+    data = _labelled_dataset(rng)
+    loader = BatchLoader(data, 4)
+    perfect = evaluate(_Oracle(), loader, boundary=True)
+    assert perfect["global_accuracy"] == perfect["class_accuracy"] == perfect["mean_iou"] == 1.0
+    assert perfect["boundary_f1"] == 1.0 and perfect["num_images"] == 6
+    assert perfect["per_class_iou"] == [1.0] * 11
+
+    class Road(_Oracle):
+        def predict(self, x):
+            return np.full((x.shape[0],) + x.shape[2:], 3, dtype=np.int64)
+
+    road = evaluate(Road(), loader)
+    valid = data.labels != 11
+    assert road["global_accuracy"] == pytest.approx(np.mean(data.labels[valid] == 3))
+    assert road["class_accuracy"] == pytest.approx(1 / 11)
+    assert np.isnan(road["boundary_f1"])  # not asked for
+    cm = np.asarray(road["confusion_matrix"])
+    assert cm.sum() == valid.sum() and cm[:, 3].sum() == valid.sum()
+
+
+def test_evaluate_a_real_model_leaves_its_mode_alone(rng):
+    model = SegNetBasic(channels=4, kernel_size=3)
+    model.train()
+    scores = evaluate(model, BatchLoader(_labelled_dataset(rng), 4))
+    assert 0.0 <= scores["mean_iou"] <= 1.0 and 0.0 <= scores["global_accuracy"] <= 1.0
+    assert model.training and all(m.training for m in model.modules())
+
+
+# -- BatchNorm statistics ----------------------------------------------------------------------
+def test_recompute_bn_statistics_averages_the_batch_statistics(rng):
+    images = rng.integers(0, 256, size=(12, 16, 24, 3)).astype(np.uint8)
+    data = ArrayDataset(images, np.zeros((12, 16, 24), dtype=np.uint8))
+    loader = BatchLoader(data, 4, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3])
+    model = SegNetBasic(channels=4, kernel_size=3, dropout=0.5)
+    conv = next(m for m in model.modules() if isinstance(m, Conv2d))
+    bn = next(m for m in model.modules() if isinstance(m, BatchNorm2d))
+    momentum = bn.momentum
+    model.eval()
+
+    used = recompute_bn_statistics(model, loader)
+
+    assert used == 3
+    # The first BatchNorm sees conv1(x): its new statistics are the average over the batches of
+    # the batch mean and of the unbiased batch variance, per channel.
+    means, variances = [], []
+    for x, _ in loader.iter_epoch(0):
+        y = conv.forward(x).astype(np.float64)
+        means.append(y.mean(axis=(0, 2, 3)))
+        variances.append(y.var(axis=(0, 2, 3), ddof=1))
+    np.testing.assert_allclose(bn.running_mean, np.mean(means, axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.running_var, np.mean(variances, axis=0), rtol=1e-4, atol=1e-5)
+    # ... which, with equal batches, makes the mean that of the whole data set
+    everything = conv.forward(np.concatenate([x for x, _ in loader.iter_epoch(0)])).astype(np.float64)
+    np.testing.assert_allclose(bn.running_mean, everything.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    # the model is back in eval mode with its layers' momentum
+    assert bn.momentum == momentum and not any(m.training for m in model.modules())
+
+
+def test_recompute_bn_option_records_a_final_evaluation(tmp_path):
+    result = train(tiny_config(tmp_path, epochs=1, recompute_bn=True, figure=False), progress=False)
+    assert [r.get("bn_recomputed", False) for r in result.history] == [False, True]
+    assert result.metrics["mean_iou"] == pytest.approx(result.history[-1]["val_mean_iou"])
+
+
+# -- real data ---------------------------------------------------------------------------------
+CAMVID_MINUTES = 3.0
+CAMVID_MIOU_FLOOR = 0.15  # chance (uniform guesses) is about 0.04; calibrated on 2 CPU cores
+
+
+@pytest.mark.camvid
+@pytest.mark.slow
+def test_short_camvid_training_learns(camvid_root, tmp_path):
+    config = TrainConfig(
+        model="segnet-basic", channels=32, dataset="camvid", data_dir=str(camvid_root), size=(72, 96),
+        batch_size=8, minutes=CAMVID_MINUTES, optimizer="adam", lr=2e-3, weight_decay=0.0, schedule="poly",
+        recompute_bn=True, out_dir=str(tmp_path / "camvid"), figure_interval=1e9,
+    )
+    result = train(config, progress=False)
+    losses = [json.loads(line)["loss"] for line in open(result.log) if '"loss"' in line]
+    k = max(1, len(losses) // 5)
+    assert np.mean(losses[-k:]) < 0.8 * np.mean(losses[:k]), "the training loss did not fall"
+    assert result.metrics["mean_iou"] > CAMVID_MIOU_FLOOR, result.metrics
+    assert result.wall_time < 60 * CAMVID_MINUTES + 10
