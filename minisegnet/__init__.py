@@ -17,6 +17,15 @@ from .layers import (  # noqa: E402
     ReLU,
     SoftmaxCrossEntropy,
 )
+from .models import (  # noqa: E402
+    MODELS,
+    BayesianSegNet,
+    BayesianSegNetBasic,
+    SegmentationModel,
+    SegNet,
+    SegNetBasic,
+    build_model,
+)
 
 __all__ = [
     "__version__",
@@ -34,4 +43,11 @@ __all__ = [
     "MaxPool2d",
     "MaxUnpool2d",
     "SoftmaxCrossEntropy",
+    "SegmentationModel",
+    "SegNet",
+    "SegNetBasic",
+    "BayesianSegNet",
+    "BayesianSegNetBasic",
+    "MODELS",
+    "build_model",
 ]

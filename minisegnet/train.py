@@ -144,8 +144,9 @@ class TrainConfig:
     Caffe loss) or "weights" (by the sum of their class weights, as PyTorch's weighted loss).
 
     Run: ``seed``, ``device`` cpu | cuda, ``out_dir``, ``eval_every`` (epochs),
-    ``recompute_bn``, ``resume`` (a checkpoint path, or ``"auto"``: ``out_dir/last.npz`` if it
-    exists), ``figure`` (draw ``figure.png`` at the end), ``figure_interval`` (seconds between
+    ``recompute_bn``, ``resume`` (a checkpoint path or run folder, or ``"auto"``:
+    ``out_dir/last.npz`` if it exists; a resumed run keeps the checkpoint's settings except
+    those in ``RESUMABLE_OVERRIDES``, and keeps its length too when none is given here), ``figure`` (draw ``figure.png`` at the end), ``figure_interval`` (seconds between
     refreshes of the figure during training), ``log_steps`` (a log record per step).
     """
 
@@ -509,9 +510,10 @@ class Trainer:
             if saved.get("kind") != CHECKPOINT_KIND or "train_config" not in saved:
                 raise ValueError(f"{resume_path} was not written by minisegnet's training loop: cannot resume from it")
             stored = TrainConfig.from_dict(saved["train_config"])
-            for name in TrainConfig.RESUMABLE_OVERRIDES:
-                if name == "data_dir" and config.data_dir is None:
-                    continue  # keep the folder the run was started with
+            keep = {"data_dir"} if config.data_dir is None else set()  # keep the folder the run started with
+            if config.epochs is None and config.minutes is None and config.max_steps is None:
+                keep |= {"epochs", "minutes", "max_steps"}  # go on as the run was planned
+            for name in set(TrainConfig.RESUMABLE_OVERRIDES) - keep:
                 setattr(stored, name, getattr(config, name))
             config = stored.validate()
         self.config = config

@@ -12,7 +12,7 @@ import pytest
 
 from minisegnet.backend import is_array
 from minisegnet.gradcheck import gradcheck, gradcheck_directional
-from minisegnet.layers import Conv2d, Dropout, MaxPool2d, SoftmaxCrossEntropy
+from minisegnet.layers import Dropout, SoftmaxCrossEntropy
 from minisegnet.models import (
     MODELS,
     BayesianSegNet,

@@ -45,9 +45,10 @@ The last line can be computed two ways, and the layer uses both:
 
 "flipped" multiplies matrices with O rows stacked (good when C >= O: every 64->64 layer,
 the classifier); "scatter" multiplies with C rows stacked (good when C < O: the 3->64
-input layer, where "flipped" would run GEMMs with 3 output rows).  Measured, one thread
-(see ``benchmarks/bench_conv.py``): backward of 64->64 7×7 at batch 4, 45×60, flipped
-166 ms vs scatter 184 ms; of 3->64 7×7 at 90×120, scatter 59 ms vs flipped 215 ms.
+input layer, where "flipped" would run GEMMs with 3 output rows).  Measured, one thread,
+float32, batch 4: backward of 64->64 7×7 on 45×60, flipped 166 ms vs scatter 184 ms; of
+3->64 7×7 on 90×120, scatter 59 ms vs flipped 215 ms; of 64->11 7×7 on 90×120, flipped
+143 ms vs scatter 344 ms.
 
 Memory, and why not im2col
 --------------------------
@@ -61,19 +62,31 @@ capped by ``Conv2d.max_workspace_bytes``.
 
 Speed: stacking the horizontal offsets
 --------------------------------------
-A GEMM with inner dimension C = 64 runs well below BLAS peak, and 49 of them each add
+A GEMM with inner dimension C = 64 runs well below BLAS peak, and each of the 49 adds
 into the output.  So the ``g`` horizontal shifts ``j0 .. j0+g-1`` of ``X`` are copied once,
 stacked, into a (g·C) × (L + (kh-1)·Wp) buffer; since the next kernel row is the same data
 ``Wp`` columns later, that one buffer serves *every* kernel row as a view: a 7×7 layer
 costs 7 GEMMs of inner dimension 7·C instead of 49 of inner dimension C.  The buffer holds
 ``g`` shifted copies of the input (``1/kh`` of im2col when ``g = kw``); ``g`` is the largest
-that fits ``max_workspace_bytes`` (256 MiB: g = 7 up to a batch of 4 at 90×120 with 64
-channels in float32), and ``g = 1`` copies nothing.  Measured, one thread, 64->64 7×7,
-batch 4, 90×120 forward: 321 ms grouped (g = 7) vs 448 ms for the 49 plain shifted GEMMs
-vs about 1000 ms for full im2col, whose 49-fold copy costs more memory traffic than its
-single GEMM saves.  Large scratch arrays are kept between calls (:class:`_Workspace`),
-shared by all layers: with NumPy a fresh 100 MB array costs page faults (and huge-page
-compaction) every step.
+that fits ``max_workspace_bytes`` (256 MiB: g = 7 for 64 float32 channels up to about
+150 000 padded pixels per batch, e.g. 4 maps of 90×120), and ``g = 1`` copies nothing.
+Measured with ``benchmarks/bench_conv.py --threads 1 --cpu-time --variants`` (2-core AMD
+EPYC, OpenBLAS 0.3.31, float32, batch 4), forward of 64->64 7×7:
+
+    map        grouped (g = 7)   plain (49 GEMMs)   im2col   torch (oneDNN)
+    45×60           115 ms            190 ms          252 ms      59 ms
+    90×120          400 ms            543 ms         1173 ms     232 ms
+
+im2col loses on these layers because its 49-fold copy costs more memory traffic than its
+single GEMM saves; it wins only where its matrix is small: the 3-channel input layer (by
+1.9×) and 512-channel layers on 23×30 and 12×15 maps (by 10-30 %).  Forward + backward
+took 1.4-1.6× torch's time on the 7×7 64->64 layers and 1.0-1.7× on the others (table in
+the benchmark).
+
+Large scratch arrays are kept between calls (:class:`_Workspace`), shared by all layers:
+with NumPy a fresh 100 MB array costs page faults (and huge-page compaction) every step.
+On CuPy, ``cupy.matmul`` copies a non-contiguous operand before calling cuBLAS, so there
+each shifted view becomes a transient contiguous copy of one slice: still no im2col matrix.
 
 Stride > 1
 ----------
@@ -382,7 +395,7 @@ class Conv2d(Module):
         n, c, h, w = self._input_shape
         ph, pw = self.padding
         if self.bias is not None:
-            self.bias.accumulate_grad(dy.sum(axis=(0, 2, 3)).astype(padded.dtype, copy=False))
+            self.bias.accumulate_grad(dy.sum(axis=(0, 2, 3), dtype=padded.dtype))
         form = self._dx_form
         if form == "auto":
             form = "flipped" if self.in_channels >= self.out_channels else "scatter"
