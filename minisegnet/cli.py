@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .backend import DeviceUnavailableError
 
 PROG = "minisegnet"
 EXIT_FAILURE = 1
@@ -34,11 +35,16 @@ EXIT_INTERRUPTED = 130
 # The offline demo: SegNet-Basic, narrowed and shrunk so that it learns the synthetic streets in a
 # few minutes on two CPU cores (measured; see the README).  The time budget bounds the whole run.
 DEMO_DEFAULTS = dict(
-    model="segnet-basic", channels=32, kernel_size=7, dataset="synthetic", synthetic_train=192,
+    model="segnet-basic", channels=32, kernel_size=3, dataset="synthetic", synthetic_train=192,
     synthetic_val=48, size=(64, 88), batch_size=8, optimizer="adam", lr=2e-3, weight_decay=0.0,
     schedule="poly", recompute_bn=True, figure_interval=60.0,
 )
-DEMO_MINUTES = 3.5
+DEMO_MINUTES = 4.0
+
+
+# What the library raises for bad input (a folder or file that is missing, unreadable or of the wrong
+# kind; a bad value; CUDA asked for without a GPU): reported in one line while a command prepares.
+USER_ERRORS = (ValueError, OSError, KeyError, DeviceUnavailableError)
 
 
 class UserError(Exception):
@@ -88,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     parser = _Parser(
         prog=PROG,
-        description="SegNet from scratch on NumPy/CuPy: train, evaluate and run semantic segmentation of street scenes.",
+        description="SegNet from scratch on NumPy/CuPy: train, evaluate and run semantic segmentation "
+        "of street scenes.",
         epilog="Run 'minisegnet COMMAND --help' for the options of each command.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -217,7 +224,7 @@ def _run_training(config, progress: bool) -> int:
 
     try:
         trainer = Trainer(config, progress=progress)
-    except (ValueError, TypeError, FileNotFoundError, KeyError, NotADirectoryError, RuntimeError) as exc:
+    except USER_ERRORS as exc:
         raise UserError(exc) from None
     try:
         result = trainer.fit()
@@ -259,7 +266,8 @@ def cmd_train(args) -> int:
         from .data import find_camvid
 
         if find_camvid() is None:
-            raise UserError("no data: give --data DIR (a CamVid folder; see `minisegnet download-camvid`) or --synthetic")
+            raise UserError("no data: give --data DIR (a CamVid folder; see `minisegnet download-camvid`) "
+                            "or --synthetic")
     if args.data is not None and not Path(args.data).is_dir():
         raise UserError(f"data folder not found: {args.data}")
     out = args.out
@@ -299,11 +307,11 @@ def cmd_evaluate(args) -> int:
             batch_size=args.batch_size, device=args.device, samples=args.samples, limit=args.limit,
             dataset="synthetic" if args.synthetic else "camvid",
         )
-    except (ValueError, TypeError, FileNotFoundError, KeyError, IsADirectoryError, RuntimeError) as exc:
+    except USER_ERRORS as exc:
         raise UserError(exc) from None
     cm = ConfusionMatrix.from_matrix(scores["confusion_matrix"])
     where = "synthetic scenes" if args.synthetic else f"CamVid {args.split}"
-    print(f"{args.checkpoint} ({model.arch}, epoch {extra.get('epoch', '?')}) on {where}: "
+    print(f"{args.checkpoint} ({model.arch}, {extra.get('step', '?')} training steps) on {where}: "
           f"{scores['num_images']} images")
     print(cm.format_table(boundary_f1=scores["boundary_f1"] if args.boundary else None))
     return 0
@@ -315,7 +323,7 @@ def cmd_predict(args) -> int:
     try:
         written = predict_images(args.checkpoint, args.images, args.out, uncertainty=args.uncertainty,
                                  samples=args.samples, size=args.size, device=args.device)
-    except (ValueError, TypeError, FileNotFoundError, KeyError, IsADirectoryError, RuntimeError) as exc:
+    except USER_ERRORS as exc:
         raise UserError(exc) from None
     for item in written:
         outputs = ", ".join(v for k, v in item.items() if k != "image")

@@ -25,7 +25,7 @@ Both checkpoints are written atomically (:func:`minisegnet.checkpoint.save_check
 Ctrl-C or a crash never leaves half a file.  Their ``extra`` holds what a resumed run and a
 later ``evaluate``/``predict`` need: the epoch and step, the whole :class:`TrainConfig`, the
 normalisation ``mean``/``std`` of the training split, the class weights, the learning-rate
-schedule's state, and the history of validation scores.
+schedule's length, and the history of validation scores.
 
 **Exact resumption.**  ``TrainConfig(resume=path)`` (``--resume``) continues from a checkpoint
 so that the weights are the *same* as those of an uninterrupted run with the same seed (the
@@ -42,8 +42,8 @@ preparation and final evaluation included.  Before each step the loop checks tha
 (its measured average duration) and the final evaluation (measured on one validation batch)
 still fit; when they do not, it stops, evaluates, saves ``last.npz`` and draws the figure.
 With ``schedule="poly"`` or ``"cosine"`` and no epoch count, the schedule is stretched over
-the number of steps the budget allows (measured after a few steps), so the learning rate
-reaches its end when the time does.
+the number of steps the budget allows (measured after a few steps, and again after each
+evaluation), so the learning rate comes down as the time runs out.
 
 **BatchNorm statistics.**  By default evaluation uses BatchNorm's running averages (momentum
 0.1).  ``recompute_bn=True`` (``--recompute-bn``) does what SegNet's
@@ -63,7 +63,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -146,7 +145,8 @@ class TrainConfig:
     Run: ``seed``, ``device`` cpu | cuda, ``out_dir``, ``eval_every`` (epochs),
     ``recompute_bn``, ``resume`` (a checkpoint path or run folder, or ``"auto"``:
     ``out_dir/last.npz`` if it exists; a resumed run keeps the checkpoint's settings except
-    those in ``RESUMABLE_OVERRIDES``, and keeps its length too when none is given here), ``figure`` (draw ``figure.png`` at the end), ``figure_interval`` (seconds between
+    those in ``RESUMABLE_OVERRIDES``, and keeps its length too when none is given here),
+    ``figure`` (draw ``figure.png`` at the end), ``figure_interval`` (seconds between
     refreshes of the figure during training), ``log_steps`` (a log record per step).
     """
 
@@ -653,7 +653,8 @@ class Trainer:
         return time.monotonic() - self.start_time
 
     def _step_estimate(self) -> float:
-        recent = self._step_seconds[-20:]
+        """Mean duration of the recent steps (the very first, with its allocations, left out)."""
+        recent = self._step_seconds[1:][-20:] or self._step_seconds
         return float(np.mean(recent)) if recent else 0.0
 
     def _final_reserve(self) -> float:
@@ -679,17 +680,27 @@ class Trainer:
         self.model.predict(x)
         self._eval_batch_seconds = time.perf_counter() - start
 
-    def _plan_schedule_from_budget(self) -> None:
-        """Stretch a poly/cosine schedule over the steps the time budget allows (measured once)."""
-        if (self.scheduler is not None or self.config.minutes is None or self.config.schedule not in ("poly", "cosine")
-                or len(self._step_seconds) < 5):
+    def _plan_schedule_from_budget(self, replan: bool = False) -> None:
+        """Stretch a poly/cosine schedule over the steps the time budget allows.
+
+        Planned once a few steps have been timed, and planned again after every evaluation
+        (``replan``), when the cost of an epoch with its evaluation is known better.  The plan
+        is saved in the checkpoints, so a resumed run goes on with it.
+        """
+        config = self.config
+        budgeted = config.minutes is not None and config.epochs is None and config.max_steps is None
+        if not budgeted or config.schedule not in ("poly", "cosine") or len(self._step_seconds) < 5:
+            return
+        if self.scheduler is not None and not replan:
             return
         eval_seconds = (self._eval_batch_seconds or 0.0) * len(self.val_loader)
-        per_step = self._step_estimate() + eval_seconds / (self._steps_per_epoch() * self.config.eval_every)
-        left = 60.0 * self.config.minutes - self.elapsed() - self._final_reserve()
-        self.schedule_steps = max(self.step + 1, self.step + int(left / per_step))
+        per_step = self._step_estimate() + eval_seconds / (self._steps_per_epoch() * config.eval_every)
+        left = 60.0 * config.minutes - self.elapsed() - self._final_reserve()
+        first = self.scheduler is None
+        self.schedule_steps = self.step + max(1, int(left / per_step))
         self._make_scheduler()
-        self._say(f"schedule: {self.config.schedule} over {self.schedule_steps} steps (planned from the time budget)")
+        if first:
+            self._say(f"schedule: {config.schedule} over {self.schedule_steps} steps (planned from the time budget)")
 
     def _bn_batches_in_budget(self) -> int | None:
         """How many training batches the BatchNorm recomputation may use (None: all)."""
@@ -726,6 +737,7 @@ class Trainer:
             if stopped_by is None and self.batch == 0:  # a whole epoch was completed
                 if self.epoch % config.eval_every == 0 or self._stop_reason() is not None:
                     self._evaluate_and_save()
+                    self._plan_schedule_from_budget(replan=True)
                 stopped_by = self._stop_reason()
         if self._evaluated_step != self.step:  # the last state is not scored yet
             self._evaluate_and_save()

@@ -19,22 +19,26 @@ def make_conv(c, o, k, stride=1, padding=0, bias=True, *, dtype=np.float64, path
 
     ``path``: "auto" (the layer's choices), "plain" (one shifted GEMM per offset, no
     copies), "group2" (two horizontal shifts stacked per GEMM: a group size that does not
-    divide the kernel width), "strided" (the gathering path, even at stride 1), "scatter" /
-    "flipped" (that backward formulation whatever the channel counts).
+    divide the kernel width), "blocks" (every shift stacked, the output columns in blocks of
+    5, so that block seams fall everywhere), "strided" (the gathering path, even at stride 1), "scatter" /
+    "flipped" (that backward formulation whatever the channel counts); "a+b" applies both.
     """
     conv = Conv2d(c, o, k, stride, padding, bias, rng=seed).astype(dtype)
     if conv.bias is not None:
         conv.bias.data[...] = np.random.default_rng(seed + 1).standard_normal(o)
-    if path == "plain":
-        conv.max_workspace_bytes = 0
-    elif path == "group2":
-        conv._group = lambda kw, rows, length, itemsize: min(2, kw)
-    elif path == "strided":
-        conv._allow_flat = False
-    elif path in ("scatter", "flipped"):
-        conv._dx_form = path
-    else:
-        assert path == "auto"
+    for part in path.split("+"):  # "blocks+scatter": both switches
+        if part == "plain":
+            conv.max_workspace_bytes = 0
+        elif part == "group2":
+            conv._tiling = lambda kw, rows, length, halo, itemsize, min_block: (min(2, kw), length)
+        elif part == "blocks":  # the flat columns cut into blocks of 5 (seams everywhere)
+            conv._tiling = lambda kw, rows, length, halo, itemsize, min_block: (kw, min(5, length))
+        elif part == "strided":
+            conv._allow_flat = False
+        elif part in ("scatter", "flipped"):
+            conv._dx_form = part
+        else:
+            assert part == "auto"
     return conv
 
 
@@ -80,7 +84,7 @@ def test_gradcheck(case, rng):
     assert all(r.checked == r_size for r, r_size in zip(reports, [n * c * h * w, conv.weight.size]))
 
 
-@pytest.mark.parametrize("path", ["plain", "group2", "strided", "scatter", "flipped"])
+@pytest.mark.parametrize("path", ["plain", "group2", "blocks+scatter", "blocks+flipped", "strided", "scatter", "flipped"])
 @pytest.mark.parametrize("case", ["batch1-3x3-pad1", "7x7-same", "rect-kernel-stride-pad"])
 def test_gradcheck_every_code_path(case, path, rng):
     n, c, o, h, w, k, s, p, bias = GRADCHECK_CASES[case]
@@ -97,7 +101,7 @@ def test_code_paths_agree(case, rng):
     n, c, o, h, w, k, s, p = case
     x = rng.standard_normal((n, c, h, w))
     results = {}
-    for path in ["auto", "plain", "group2", "strided", "scatter", "flipped"]:
+    for path in ["auto", "plain", "group2", "blocks+scatter", "blocks+flipped", "strided", "scatter", "flipped"]:
         conv = make_conv(c, o, k, s, p, seed=3, path=path)
         y = conv.forward(x)
         dy = np.random.default_rng(7).standard_normal(y.shape)

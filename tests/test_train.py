@@ -218,6 +218,15 @@ def test_evaluate_a_real_model_leaves_its_mode_alone(rng):
     assert model.training and all(m.training for m in model.modules())
 
 
+def test_evaluate_with_monte_carlo_dropout(rng):
+    model = SegNetBasic(channels=4, kernel_size=3, dropout=0.5)
+    loader = BatchLoader(_labelled_dataset(rng, n=4), 4)
+    once = evaluate(model, loader)
+    sampled = evaluate(model, loader, samples=3)
+    assert sampled["num_images"] == once["num_images"] == 4
+    assert 0.0 <= sampled["global_accuracy"] <= 1.0
+
+
 # -- BatchNorm statistics ----------------------------------------------------------------------
 def test_recompute_bn_statistics_averages_the_batch_statistics(rng):
     images = rng.integers(0, 256, size=(12, 16, 24, 3)).astype(np.uint8)
@@ -255,21 +264,22 @@ def test_recompute_bn_option_records_a_final_evaluation(tmp_path):
 
 
 # -- real data ---------------------------------------------------------------------------------
-CAMVID_MINUTES = 3.0
-CAMVID_MIOU_FLOOR = 0.15  # chance (uniform guesses) is about 0.04; calibrated on 2 CPU cores
+# A fixed number of steps (not a time budget), so that what is learnt does not depend on how
+# busy the machine is: two epochs of CamVid at 72x96, about a minute on two idle cores.
+CAMVID_EPOCHS = 2
+CAMVID_MIOU_FLOOR = 0.15  # predicting the most frequent class everywhere gives about 0.03
 
 
 @pytest.mark.camvid
 @pytest.mark.slow
 def test_short_camvid_training_learns(camvid_root, tmp_path):
     config = TrainConfig(
-        model="segnet-basic", channels=32, dataset="camvid", data_dir=str(camvid_root), size=(72, 96),
-        batch_size=8, minutes=CAMVID_MINUTES, optimizer="adam", lr=2e-3, weight_decay=0.0, schedule="poly",
-        recompute_bn=True, out_dir=str(tmp_path / "camvid"), figure_interval=1e9,
+        model="segnet-basic", channels=32, kernel_size=3, dataset="camvid", data_dir=str(camvid_root),
+        size=(72, 96), batch_size=8, epochs=CAMVID_EPOCHS, optimizer="adam", lr=2e-3, weight_decay=0.0,
+        schedule="poly", recompute_bn=True, out_dir=str(tmp_path / "camvid"), figure=False,
     )
     result = train(config, progress=False)
     losses = [json.loads(line)["loss"] for line in open(result.log) if '"loss"' in line]
     k = max(1, len(losses) // 5)
     assert np.mean(losses[-k:]) < 0.8 * np.mean(losses[:k]), "the training loss did not fall"
     assert result.metrics["mean_iou"] > CAMVID_MIOU_FLOOR, result.metrics
-    assert result.wall_time < 60 * CAMVID_MINUTES + 10

@@ -90,11 +90,12 @@ class BatchNorm2d(Module):
     ``self._used_batch_stats`` which of the two backward formulas applies (the mode of the
     *forward*, whatever the mode is when backward runs).
 
-    Cost: the mean is one pass over ``x``; the centred map ``x - mu`` is the one new
+    Cost: the mean is one pass over ``x``; the centred map ``x - mu`` is the one other
     full-size buffer, its per-channel sum of squares comes from ``einsum`` (no squared
-    temporary), and it is then normalised in place into ``xhat``.  So a forward
-    allocates only ``xhat`` and ``y`` (just ``y`` without ``requires_grad``) and a
-    backward allocates only ``dx``.  (Two passes, not the one-pass ``E[x^2] - E[x]^2``,
+    temporary), and it is then normalised in place into ``xhat``.  The ``xhat`` buffer
+    is the layer's own and is reused by the next forward of the same shape, so a
+    training forward allocates only ``y`` (without ``requires_grad`` the centred buffer
+    becomes ``y`` itself) and a backward allocates only ``dx``.  (Two passes, not the one-pass ``E[x^2] - E[x]^2``,
     which cancels catastrophically in float32.)  Arithmetic follows the
     input's dtype: parameters and buffers are read in that dtype (float64 input stays
     float64 end to end).
@@ -149,13 +150,13 @@ class BatchNorm2d(Module):
                     f"(N*H*W > 1), got input of shape {tuple(x.shape)}"
                 )
             mean = x.mean(axis=(0, 2, 3))  # (C,), in x's dtype
-            centred = x - _per_channel(mean)  # the one full-size buffer: becomes xhat (or y)
+            centred = xp.subtract(x, _per_channel(mean), out=self._buffer_for(x))  # becomes xhat (or y)
             var = xp.einsum("nchw,nchw->c", centred, centred) / m  # biased; no squared temporary
             self._update_running_stats(mean, var, m)
         else:
             mean = self.running_mean.astype(dtype, copy=False)
             var = self.running_var.astype(dtype, copy=False)
-            centred = x - _per_channel(mean)
+            centred = xp.subtract(x, _per_channel(mean), out=self._buffer_for(x))
         inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,)
 
         if self.requires_grad:
@@ -170,6 +171,21 @@ class BatchNorm2d(Module):
             y += _per_channel(beta)
             self._xhat = self._inv_std = self._used_batch_stats = None
         return y
+
+    def _buffer_for(self, x):
+        """The full-size buffer that becomes ``xhat``: last step's when it fits, else a new one.
+
+        ``self._xhat`` never leaves the layer, so the next forward may overwrite it (one
+        large allocation, and its page faults, less per step).  Without ``requires_grad``
+        the buffer becomes the returned ``y``, so it is always new.
+        """
+        xp = get_array_module(x)
+        old = self._xhat
+        self._xhat = None
+        if self.requires_grad and old is not None and old.shape == x.shape and old.dtype == x.dtype \
+                and get_array_module(old) is xp:
+            return old
+        return xp.empty(x.shape, dtype=x.dtype)
 
     def _update_running_stats(self, mean, var, m: int) -> None:
         """Move the running estimates towards this batch (in place on the buffers)."""

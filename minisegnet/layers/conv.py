@@ -67,9 +67,13 @@ into the output.  So the ``g`` horizontal shifts ``j0 .. j0+g-1`` of ``X`` are c
 stacked, into a (g·C) × (L + (kh-1)·Wp) buffer; since the next kernel row is the same data
 ``Wp`` columns later, that one buffer serves *every* kernel row as a view: a 7×7 layer
 costs 7 GEMMs of inner dimension 7·C instead of 49 of inner dimension C.  The buffer holds
-``g`` shifted copies of the input (``1/kh`` of im2col when ``g = kw``); ``g`` is the largest
-that fits ``max_workspace_bytes`` (256 MiB: g = 7 for 64 float32 channels up to about
-150 000 padded pixels per batch, e.g. 4 maps of 90×120), and ``g = 1`` copies nothing.
+``g`` shifted copies of the input (``1/kh`` of im2col when ``g = kw``).  To keep it within
+``max_workspace_bytes`` (64 MiB) on large maps, the output columns are cut into equal
+*blocks*, each computed from its own stacked copy (block plus the ``(kh-1)·Wp`` columns the
+lower kernel rows reach): the GEMMs stay 7·C deep and only get shorter, which costs nothing
+measurable (a whole SegNet-Basic step at 4×180×240 took the same time with a 256 MiB and
+a 64 MiB budget: 2 and 6 blocks for the 64-channel 180×240 layer).  Only when a block of
+16 384 columns would not fit does ``g`` shrink; ``g = 1`` copies nothing.
 Measured with ``benchmarks/bench_conv.py --threads 1 --cpu-time --variants`` (2-core AMD
 EPYC, OpenBLAS 0.3.31, float32, batch 4), forward of 64->64 7×7:
 
@@ -198,7 +202,7 @@ class Conv2d(Module):
 
     #: Cap, in bytes, on the buffer of stacked shifted copies (module docstring); 0: no
     #: copies, one plain shifted GEMM per offset.  Set it on the class or on one layer.
-    max_workspace_bytes: int = 256 * 2**20
+    max_workspace_bytes: int = 64 * 2**20
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
                  *, rng=None):
@@ -229,6 +233,7 @@ class Conv2d(Module):
         # stride 1, or one of the two backward formulations ("flipped" / "scatter").
         self._allow_flat = True
         self._dx_form = "auto"
+        self._min_block_columns = 16384  # see _tiling; the tests make it tiny to exercise the block seams
 
     # -- description and sizes ----------------------------------------------------
     def extra_repr(self) -> str:
@@ -252,40 +257,62 @@ class Conv2d(Module):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
-    def _group(self, kw: int, rows: int, length: int, itemsize: int) -> int:
-        """How many horizontal offsets one GEMM stacks: as many copies as fit the budget, in
-        groups of equal size (room for 5 of 7 offsets gives 4 + 3, not 5 + 2)."""
-        fits = int(max(1, min(kw, self.max_workspace_bytes // max(rows * length * itemsize, 1))))
+    def _tiling(self, kw: int, rows: int, length: int, halo: int, itemsize: int, min_block: int) -> tuple[int, int]:
+        """``(g, block)``: stack ``g`` horizontal offsets per GEMM, over blocks of ``block`` columns.
+
+        A stacked copy of a block spans its ``block`` columns plus the ``halo`` that the
+        lower kernel rows reach.  ``g = kw`` (the fewest, deepest GEMMs) whenever a block of
+        ``min_block`` columns fits ``max_workspace_bytes``; the budget is then met by cutting
+        the columns into equal blocks.  Otherwise ``g`` shrinks to what fits, in groups of
+        equal size (room for 5 of 7 offsets gives 4 + 3, not 5 + 2).  ``g = 1`` copies
+        nothing, so its one block is all the columns.
+        """
+        smallest = rows * itemsize * (min(min_block, length) + halo)  # bytes of one shifted copy
+        fits = int(max(1, min(kw, self.max_workspace_bytes // max(smallest, 1))))
         groups = -(-kw // fits)
-        return -(-kw // groups)
+        g = -(-kw // groups)
+        if g == 1:
+            return 1, length
+        block = max(min(min_block, length), self.max_workspace_bytes // (g * rows * itemsize) - halo)
+        blocks = -(-length // block)
+        return g, -(-length // blocks)
 
     # -- walking over the kernel offsets ----------------------------------------------
-    # Both generators yield (i, j0, gg, cols) for kernel row i and its offsets j0..j0+gg-1:
-    # cols (gg·rows, M) holds the source under those offsets at M output positions -- a
-    # block of gg·rows rows of the im2col matrix, never the whole matrix.
+    # Both generators yield (start, stop, i, j0, gg, cols) for kernel row i and its offsets
+    # j0..j0+gg-1: cols (gg·rows, stop - start) holds the source under those offsets at the
+    # output positions start..stop-1 -- a block of the im2col matrix, never the whole matrix.
     def _flat_windows(self, src, row_stride: int, length: int):
-        """Stride 1: M = ``length`` columns of the flat padded grid, as views of gg stacked shifts of ``src``."""
+        """Stride 1: M = ``length`` columns of the flat padded grid, as views of gg stacked shifts of ``src``.
+
+        Yields ``(start, stop, i, j0, gg, cols)``: ``cols`` covers output columns
+        ``start .. stop-1``; the columns come in blocks so that the stacked copy fits
+        ``max_workspace_bytes`` without making the GEMMs shallower.
+        """
         rows = src.shape[0]
         kh, kw = self.kernel_size
-        span = length + (kh - 1) * row_stride  # one horizontal shift, long enough for every kernel row
-        g = self._group(kw, rows, span, src.dtype.itemsize)
-        for j0 in range(0, kw, g):
-            gg = min(g, kw - j0)
-            if gg > 1:  # copy the gg horizontal shifts once, stacked: (gg·rows, span)
-                stacked = _WORKSPACE.take(src, "shifted", (gg, rows, span))
-                for jj in range(gg):
-                    stacked[jj] = src[:, j0 + jj : j0 + jj + span]
-                stacked = stacked.reshape(gg * rows, span)
-            else:  # one shift: a view of src itself, nothing copied
-                stacked = src[:, j0 : j0 + span]
-            for i in range(kh):  # kernel row i is the same data i·Wp columns later: a view
-                yield i, j0, gg, stacked[:, i * row_stride : i * row_stride + length]
+        halo = (kh - 1) * row_stride  # the lower kernel rows read this many columns further
+        g, block = self._tiling(kw, rows, length, halo, src.dtype.itemsize, self._min_block_columns)
+        for start in range(0, length, block):
+            stop = min(length, start + block)
+            span = stop - start + halo  # one horizontal shift of the block, long enough for every kernel row
+            for j0 in range(0, kw, g):
+                gg = min(g, kw - j0)
+                if gg > 1:  # copy the gg horizontal shifts once, stacked: (gg·rows, span)
+                    stacked = _WORKSPACE.take(src, "shifted", (gg, rows, span))
+                    for jj in range(gg):
+                        stacked[jj] = src[:, start + j0 + jj : start + j0 + jj + span]
+                    stacked = stacked.reshape(gg * rows, span)
+                else:  # one shift: a view of src itself, nothing copied
+                    stacked = src[:, start + j0 : start + j0 + span]
+                for i in range(kh):  # kernel row i is the same data i·Wp columns later: a view
+                    yield start, stop, i, j0, gg, stacked[:, i * row_stride : i * row_stride + stop - start]
 
     def _strided_windows(self, padded, ho: int, wo: int):
         """Any stride: M = N·Ho·Wo; the strided windows of the padded input, gathered into a reused buffer."""
         c, n = padded.shape[:2]
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        g = self._group(kw, c, n * ho * wo, padded.dtype.itemsize)
+        length = n * ho * wo
+        g, _ = self._tiling(kw, c, length, 0, padded.dtype.itemsize, min_block=length)  # one block: all of M
         for j0 in range(0, kw, g):
             gg = min(g, kw - j0)
             for i in range(kh):
@@ -293,7 +320,7 @@ class Conv2d(Module):
                 for jj in range(gg):
                     j = j0 + jj
                     cols[jj] = padded[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
-                yield i, j0, gg, cols.reshape(gg * c, n * ho * wo)
+                yield 0, length, i, j0, gg, cols.reshape(gg * c, length)
 
     # -- forward ------------------------------------------------------------------
     def _check_input(self, x):
@@ -365,15 +392,17 @@ class Conv2d(Module):
             out = _WORKSPACE.take(x, "y_grid", (o, n * ho * wo))
             windows = self._strided_windows(padded, ho, wo)
             y_cnhw = out.reshape(o, n, ho, wo)
-        product = _WORKSPACE.take(x, "product", out.shape)
-        for i, j0, gg, cols in windows:
-            if i == 0:
-                w_rows = _row_weights(xp, self.weight.data, j0, gg)
+        w_rows = {}  # j0 -> (kh, O, gg·C) weights in the order of the stacked shifts
+        for start, stop, i, j0, gg, cols in windows:
+            if j0 not in w_rows:
+                w_rows[j0] = _row_weights(xp, self.weight.data, j0, gg)
+            target = out[:, start:stop]
             if i == 0 and j0 == 0:
-                xp.matmul(w_rows[i], cols, out=out)
-            else:  # out += W_rows @ cols, without a new array
-                xp.matmul(w_rows[i], cols, out=product)
-                out += product
+                xp.matmul(w_rows[j0][i], cols, out=target)
+            else:  # target += W_rows @ cols, without a new array
+                product = _WORKSPACE.take(x, "product", target.shape)
+                xp.matmul(w_rows[j0][i], cols, out=product)
+                target += product
 
         y = xp.empty((n, o, ho, wo), dtype=x.dtype)
         if self.bias is not None:  # crop, back to NCHW and add the bias, in one pass
@@ -425,20 +454,26 @@ class Conv2d(Module):
         length = (n - 1) * hp * wp + (ph + self._input_shape[2] - 1) * wp + pw + self._input_shape[3]
         dx_grid = _WORKSPACE.take(padded, "dx_grid", (c, grid))
         out = dx_grid[:, :length]
-        product = _WORKSPACE.take(padded, "product", out.shape)
         x_cols = padded.reshape(c, grid)[:, :length]
         flipped = self.weight.data.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]  # (C, O, kh, kw)
         dw_flipped = xp.empty((kh, kw, o, c), dtype=padded.dtype)
-        for i, j0, gg, dy_cols in self._flat_windows(dy_grid, wp, length):
-            if i == 0:
-                w_rows = _row_weights(xp, flipped, j0, gg)
+        w_rows = {}
+        for start, stop, i, j0, gg, dy_cols in self._flat_windows(dy_grid, wp, length):
+            if j0 not in w_rows:
+                w_rows[j0] = _row_weights(xp, flipped, j0, gg)
+            target = out[:, start:stop]
             if i == 0 and j0 == 0:
-                xp.matmul(w_rows[i], dy_cols, out=out)
+                xp.matmul(w_rows[j0][i], dy_cols, out=target)
             else:
-                xp.matmul(w_rows[i], dy_cols, out=product)
-                out += product
-            # dW at the flipped offset (kh-1-i, kw-1-j) from the same slices of dy
-            xp.matmul(dy_cols, x_cols.T, out=dw_flipped[i, j0 : j0 + gg].reshape(gg * o, c))
+                product = _WORKSPACE.take(padded, "product", target.shape)
+                xp.matmul(w_rows[j0][i], dy_cols, out=product)
+                target += product
+            # dW at the flipped offset (kh-1-i, kw-1-j) from the same slices of dy, summed over the blocks
+            dw_block = dw_flipped[i, j0 : j0 + gg].reshape(gg * o, c)
+            if start == 0:
+                xp.matmul(dy_cols, x_cols[:, start:stop].T, out=dw_block)
+            else:
+                dw_block += xp.matmul(dy_cols, x_cols[:, start:stop].T)
         dw = dw_flipped[::-1, ::-1].transpose(2, 3, 0, 1)  # back to (O, C, kh, kw)
         return dx_grid.reshape(c, n, hp, wp), dw
 
@@ -467,18 +502,20 @@ class Conv2d(Module):
             dy_cols[...] = dy.transpose(1, 0, 2, 3)
             dy_cols = dy_cols.reshape(o, length)
             windows = self._strided_windows(padded, ho, wo)
-        dw = xp.empty((kh, o, kw, c), dtype=padded.dtype)
-        for i, j0, gg, cols in windows:
-            if i == 0:
-                w_rows = _row_weights(xp, self.weight.data, j0, gg)
-            dw[i, :, j0 : j0 + gg] = xp.matmul(dy_cols, cols.T).reshape(o, gg, c)
-            d_cols = _WORKSPACE.take(padded, "d_windows", (gg * c, length))
-            xp.matmul(w_rows[i].T, dy_cols, out=d_cols)
+        dw = xp.zeros((kh, o, kw, c), dtype=padded.dtype)
+        w_rows = {}
+        for start, stop, i, j0, gg, cols in windows:
+            if j0 not in w_rows:
+                w_rows[j0] = _row_weights(xp, self.weight.data, j0, gg)
+            dy_block = dy_cols[:, start:stop]
+            dw[i, :, j0 : j0 + gg] += xp.matmul(dy_block, cols.T).reshape(o, gg, c)  # summed over the blocks
+            d_cols = _WORKSPACE.take(padded, "d_windows", (gg * c, stop - start))
+            xp.matmul(w_rows[j0][i].T, dy_block, out=d_cols)
             for jj in range(gg):  # each offset's share goes back where its window was read
                 j = j0 + jj
                 d_window = d_cols[jj * c : (jj + 1) * c]
                 if self._flat:
-                    dx_flat[:, i * wp + j : i * wp + j + length] += d_window
+                    dx_flat[:, i * wp + j + start : i * wp + j + stop] += d_window
                 else:
                     window = dx_pad[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
                     window += d_window.reshape(c, n, ho, wo)
