@@ -109,6 +109,31 @@ def _parameters_of(parameters):
     return [(name, p) for name, p in parameters]
 
 
+def _prepare(forward, backward, inputs, parameters, seed):
+    """Run forward and backward once with a random upstream gradient.
+
+    Returns the inputs (a list), the checked tensors ``(name, array, owner)``, the random
+    generator, the upstream gradient and the analytic gradient of each checked tensor.
+    """
+    inputs = list(inputs)
+    parameters = _parameters_of(parameters)
+    tensors = _named_tensors(inputs, parameters)
+    _require_float64(tensors)
+    rng = np.random.default_rng(seed)
+    _, upstream, input_grads = _analytic_gradients(forward, backward, inputs, parameters, rng)
+    grads = []
+    for name, array, owner in tensors:
+        g = owner.grad if isinstance(owner, Parameter) else input_grads[owner]
+        if g is None:
+            if isinstance(owner, Parameter):
+                raise GradcheckError(f"{name}: backward left no gradient (param.grad is None)")
+            raise GradcheckError(f"{name}: backward returned None for a floating input")
+        if tuple(g.shape) != tuple(array.shape):
+            raise GradcheckError(f"{name}: gradient has shape {tuple(g.shape)}, tensor has {tuple(array.shape)}")
+        grads.append(g)
+    return inputs, tensors, rng, upstream, grads
+
+
 def gradcheck(
     forward: Callable,
     backward: Callable,
@@ -145,28 +170,13 @@ def gradcheck(
     Returns a :class:`TensorReport` per tensor; raises :class:`GradcheckError` naming
     the tensor, the index and both values at the first disagreement.
     """
-    inputs = list(inputs)
-    parameters = _parameters_of(parameters)
-    tensors = _named_tensors(inputs, parameters)
-    _require_float64(tensors)
-    rng = np.random.default_rng(seed)
-    _, upstream, input_grads = _analytic_gradients(forward, backward, inputs, parameters, rng)
+    inputs, tensors, rng, upstream, grads = _prepare(forward, backward, inputs, parameters, seed)
 
     def objective() -> float:
         return _scalar_objective(forward(*inputs), upstream)
 
     reports = []
-    for name, array, owner in tensors:
-        if isinstance(owner, Parameter):
-            analytic = owner.grad
-            if analytic is None:
-                raise GradcheckError(f"{name}: backward left no gradient (param.grad is None)")
-        else:
-            analytic = input_grads[owner]
-            if analytic is None:
-                raise GradcheckError(f"{name}: backward returned None for a floating input")
-        if tuple(analytic.shape) != tuple(array.shape):
-            raise GradcheckError(f"{name}: gradient has shape {tuple(analytic.shape)}, tensor has {tuple(array.shape)}")
+    for (name, array, owner), analytic in zip(tensors, grads):
         analytic = to_numpy(analytic)
         flat = array.reshape(-1)  # a view: writing into it perturbs the tensor the forward reads
         n = flat.size
@@ -213,18 +223,7 @@ def gradcheck_directional(
     (all floating inputs and all parameters).  Returns ``(analytic, numeric)`` per
     direction; raises :class:`GradcheckError` at the first disagreement.
     """
-    inputs = list(inputs)
-    parameters = _parameters_of(parameters)
-    tensors = _named_tensors(inputs, parameters)
-    _require_float64(tensors)
-    rng = np.random.default_rng(seed)
-    _, upstream, input_grads = _analytic_gradients(forward, backward, inputs, parameters, rng)
-    grads = []
-    for name, array, owner in tensors:
-        g = owner.grad if isinstance(owner, Parameter) else input_grads[owner]
-        if g is None:
-            raise GradcheckError(f"{name}: backward left no gradient")
-        grads.append(g)
+    inputs, tensors, rng, upstream, grads = _prepare(forward, backward, inputs, parameters, seed)
 
     results = []
     for d in range(directions):
