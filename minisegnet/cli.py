@@ -144,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer,
                     help=f"(default: {defaults.optimizer})")
     tr.add_argument("--lr", type=_positive_float, default=None,
-                    help=f"learning rate (default: {defaults.lr:g} for sgd, 1e-3 for adam)")
+                    help="learning rate (default: 1e-3 for adam, 0.1 for sgd)")
     tr.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum (default: 0.9)")
-    tr.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="L2 weight decay (default: 5e-4)")
+    tr.add_argument("--weight-decay", type=float, default=None,
+                    help="L2 weight decay (default: 0 for adam, 5e-4 for sgd)")
     tr.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
                     help=f"learning-rate schedule, stepped every iteration (default: {defaults.schedule})")
     tr.add_argument("--no-class-weights", action="store_true", help="no median-frequency class balancing")
@@ -256,7 +257,7 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     from .models import MODELS
-    from .train import TrainConfig
+    from .train import SOLVER_DEFAULTS, TrainConfig
 
     if args.model not in MODELS:
         raise UserError(f"unknown model {args.model!r}: expected one of {', '.join(MODELS)}")
@@ -277,12 +278,14 @@ def cmd_train(args) -> int:
             out = str(resume if resume.is_dir() else resume.parent)
         else:
             out = f"runs/{args.model}"
-    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else TrainConfig.lr)
+    solver = SOLVER_DEFAULTS[args.optimizer]
+    lr = args.lr if args.lr is not None else solver["lr"]
+    weight_decay = args.weight_decay if args.weight_decay is not None else solver["weight_decay"]
     config = TrainConfig(
         model=args.model, width=args.width, channels=args.channels, kernel_size=args.kernel_size,
         dataset="synthetic" if args.synthetic else "camvid", data_dir=args.data, size=args.size, crop=args.crop,
         flip=not args.no_flip, batch_size=args.batch_size, epochs=args.epochs, minutes=args.minutes,
-        optimizer=args.optimizer, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        optimizer=args.optimizer, lr=lr, momentum=args.momentum, weight_decay=weight_decay,
         schedule=args.schedule, class_weights=not args.no_class_weights, seed=args.seed, device=args.device,
         out_dir=out, resume=args.resume, recompute_bn=args.recompute_bn, train_limit=args.train_limit,
         val_limit=args.val_limit,
