@@ -4,6 +4,7 @@
     python benchmarks/bench_conv.py --quick         # the three smallest shapes only
     python benchmarks/bench_conv.py --variants      # also the formulations we did not keep
     python benchmarks/bench_conv.py --threads 1 --cpu-time   # steadier on a busy machine
+    python benchmarks/bench_conv.py --algorithms flat-flipped,flat-scatter,gathered
 
 Each row times one forward and one backward (input gradient, weight and bias
 gradients) of the same layer on the same data; "fwd+bwd" is their sum, as a training
@@ -12,11 +13,16 @@ implementations interleaved within each repeat so that a burst of load from anot
 process hits all of them alike.  PyTorch gets the same number of threads as NumPy's
 BLAS (read with threadpoolctl when installed).
 
-``--variants`` adds:
+"ours" is ``Conv2d`` as a model builds it (``algorithm="auto"``).  ``--algorithms a,b``
+adds one column per named formulation (``Conv2d(..., algorithm=name)``, see
+``minisegnet.layers.conv.ALGORITHMS``), which is how the two backward forms
+("flat-flipped", "flat-scatter") are compared.  ``--variants`` adds:
   * ``plain``:  the 49 (kh·kw) shifted GEMMs on views with inner dimension C, no copy
                 (``max_workspace_bytes = 0``);
   * ``im2col``: the textbook formulation (full (C·kh·kw) x (N·Ho·Wo) matrix, one GEMM),
                 here only as a yardstick; its memory is printed too.
+
+Results worth keeping go to ``BENCHMARKS.md`` with the date, the machine and the command.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from minisegnet.layers.conv import Conv2d, clear_workspace  # noqa: E402
+from minisegnet.layers.conv import ALGORITHMS, Conv2d, clear_workspace  # noqa: E402
 
 # (label, N, C, O, H, W, k, padding): SegNet-Basic's 7x7 64->64 layers at batch 4 on the
 # 360x480 CamVid image downsampled 8, 4 and 2 times, and VGG-16 3x3 layers of SegNet.
@@ -120,7 +126,7 @@ def time_once(fn) -> float:
     return (CLOCK() - start) * 1e3
 
 
-def bench_shape(shape, repeats: int, dtype, variants: bool, torch):
+def bench_shape(shape, repeats: int, dtype, variants: bool, torch, algorithms=()):
     label, n, c, o, h, w, k, p = shape
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
@@ -129,12 +135,13 @@ def bench_shape(shape, repeats: int, dtype, variants: bool, torch):
 
     impls = {}
 
-    def ours_factory(budget):
+    def ours_factory(budget, algorithm="auto"):
         def fwd():
             conv.max_workspace_bytes = budget
+            conv.algorithm = algorithm
             conv.forward(x)
 
-        def bwd():
+        def bwd():  # runs the algorithm of the forward just before it
             conv.max_workspace_bytes = budget
             conv.zero_grad()
             conv.backward(dy)
@@ -142,6 +149,8 @@ def bench_shape(shape, repeats: int, dtype, variants: bool, torch):
         return fwd, bwd
 
     impls["ours"] = ours_factory(Conv2d.max_workspace_bytes)
+    for name in algorithms:
+        impls[name] = ours_factory(Conv2d.max_workspace_bytes, name)
     if variants:
         impls["plain"] = ours_factory(0)
         ref = Im2col(conv.weight.data, conv.bias.data, p)
@@ -185,6 +194,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="three small shapes only")
     parser.add_argument("--variants", action="store_true", help="also time the plain shifted GEMMs and im2col")
+    parser.add_argument("--algorithms", default="",
+                        help=f"comma-separated Conv2d algorithm names to time as well: {', '.join(ALGORITHMS)}")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
     parser.add_argument("--threads", type=int, default=None,
@@ -197,6 +208,10 @@ def main(argv=None) -> int:
     if args.cpu_time:
         CLOCK = time.process_time
     dtype = np.dtype(args.dtype)
+    algorithms = [a for a in args.algorithms.split(",") if a]
+    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    if unknown:
+        parser.error(f"unknown algorithm(s) {', '.join(unknown)}; expected some of {', '.join(ALGORITHMS)}")
     if args.threads is not None:
         try:
             from threadpoolctl import threadpool_limits
@@ -223,18 +238,23 @@ def main(argv=None) -> int:
     print(f"dtype {dtype.name}, {'CPU' if args.cpu_time else 'wall-clock'} time, median of {args.repeats} after a warm-up; "
           f"Conv2d.max_workspace_bytes = {Conv2d.max_workspace_bytes / 2**20:.0f} MiB; times in ms\n")
 
-    names = ["ours"] + (["plain", "im2col"] if args.variants else []) + (["torch"] if torch is not None else [])
-    head = f"{'layer':32s} {'N':>2s} {'HxW':>8s} " + " ".join(f"{n + ' fwd':>10s} {n + ' f+b':>10s}" for n in names)
+    names = ["ours"] + algorithms + (["plain", "im2col"] if args.variants else [])
+    names += ["torch"] if torch is not None else []
+    widths = {n: max(10, len(n) + 4) for n in names}
+    head = f"{'layer':32s} {'N':>2s} {'HxW':>8s} " + " ".join(
+        f"{n + ' fwd':>{widths[n]}s} {n + ' f+b':>{widths[n]}s}" for n in names)
     if torch is not None:
         head += f" {'f+b ours/torch':>15s}"
     print(head)
     print("-" * len(head))
     for shape in QUICK if args.quick else SHAPES:
-        result = bench_shape(shape, args.repeats, dtype, args.variants, torch)
-        clear_workspace()
         label, n, c, o, h, w, k, p = shape
+        usable = [a for a in algorithms if ALGORITHMS[a].unsupported(Conv2d(c, o, k, padding=p)) is None]
+        result = bench_shape(shape, args.repeats, dtype, args.variants, torch, usable)
+        clear_workspace()
         row = f"{label:32s} {n:2d} {f'{h}x{w}':>8s} "
-        row += " ".join(f"{result[m][0]:10.1f} {result[m][2]:10.1f}" for m in names)
+        row += " ".join(f"{result[m][0]:{widths[m]}.1f} {result[m][2]:{widths[m]}.1f}" if m in result
+                        else f"{'-':>{widths[m]}s} {'-':>{widths[m]}s}" for m in names)  # "-": not for this layer
         if torch is not None:
             row += f" {result['ours'][2] / result['torch'][2]:15.2f}"
         print(row, flush=True)

@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source tree
 
+from minisegnet.grad_mode import no_grad  # noqa: E402
 from minisegnet.models import build_model  # noqa: E402
 
 
@@ -64,7 +65,8 @@ def measure(arch: str, batch: int, height: int, width: int, seed: int = 0) -> di
 
         object.__setattr__(pool, "forward", capturing)
     try:
-        bottom, pool_indices = model.encode(x)
+        with no_grad():  # inference: nothing kept for a backward
+            bottom, pool_indices = model.encode(x)
     finally:
         for pool in pools:
             pool.__dict__.pop("forward", None)
@@ -75,11 +77,13 @@ def measure(arch: str, batch: int, height: int, width: int, seed: int = 0) -> di
     # 2. Eval forwards.  The first also allocates the buffers that layers keep and reuse
     #    between calls (Conv2d's workspace); the second one is the steady state.
     try:
-        model(x)
+        with no_grad():
+            model(x)
         before = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
         start = time.perf_counter()
-        logits = model(x)
+        with no_grad():
+            logits = model(x)
         seconds = time.perf_counter() - start
         peak = tracemalloc.get_traced_memory()[1]
         logits_bytes = int(logits.nbytes)

@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from minisegnet.grad_mode import no_grad  # noqa: E402
 from minisegnet.layers import SoftmaxCrossEntropy  # noqa: E402
 from minisegnet.models import build_model  # noqa: E402
 from minisegnet.optim import SGD  # noqa: E402
@@ -134,7 +135,8 @@ def main(argv=None) -> int:
 
     def ours_eval():
         model.eval()
-        model.forward(x)
+        with no_grad():
+            model.forward(x)
         model.train()
 
     timers = {"minisegnet step": ours_step, "minisegnet eval": ours_eval}

@@ -42,7 +42,7 @@ def cases(rng):
     bn_eval = BatchNorm2d(3).double()
     bn_eval.running_mean[...] = rng.standard_normal(3)
     bn_eval.running_var[...] = rng.uniform(0.5, 2.0, 3)
-    bn_eval.eval().requires_grad_(True)  # eval mode, but keep what backward needs
+    bn_eval.eval()  # running statistics; an eval-mode forward can still be differentiated
     yield "BatchNorm2d, eval mode", bn_eval.forward, bn_eval.backward, [x], bn_eval
 
     relu = ReLU()

@@ -7,20 +7,27 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.1.0"
 
 from .backend import cuda_is_available, get_array_module, to_device, to_numpy  # noqa: E402
+from .grad_mode import enable_grad, is_grad_enabled, no_grad  # noqa: E402
 from .module import Module, Parameter, Sequential  # noqa: E402
 from .layers import (  # noqa: E402
     BatchNorm2d,
     Conv2d,
+    ConvTranspose2d,
     Dropout,
     MaxPool2d,
     MaxUnpool2d,
     ReLU,
     SoftmaxCrossEntropy,
+    Upsample,
 )
 from .models import (  # noqa: E402
     MODELS,
     BayesianSegNet,
     BayesianSegNetBasic,
+    BilinearBasic,
+    FCNBasic,
+    FCNBasicNoAddition,
+    FCNBasicNoDimReduction,
     SegmentationModel,
     SegNet,
     SegNetBasic,
@@ -33,6 +40,9 @@ __all__ = [
     "get_array_module",
     "to_device",
     "to_numpy",
+    "no_grad",
+    "enable_grad",
+    "is_grad_enabled",
     "Module",
     "Parameter",
     "Sequential",
@@ -43,11 +53,17 @@ __all__ = [
     "MaxPool2d",
     "MaxUnpool2d",
     "SoftmaxCrossEntropy",
+    "ConvTranspose2d",
+    "Upsample",
     "SegmentationModel",
     "SegNet",
     "SegNetBasic",
     "BayesianSegNet",
     "BayesianSegNetBasic",
+    "FCNBasic",
+    "FCNBasicNoAddition",
+    "FCNBasicNoDimReduction",
+    "BilinearBasic",
     "MODELS",
     "build_model",
 ]

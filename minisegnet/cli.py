@@ -1,18 +1,21 @@
 """The ``minisegnet`` command: demo, train, evaluate, predict, download-camvid.
 
 The command line only parses and calls the library (:mod:`minisegnet.train`,
-:mod:`minisegnet.data`).  Mistakes in what the user typed or pointed at -- a missing folder, a
-file that is not a checkpoint, a bad ``--size``, an unknown model, missing images, ``--device
-cuda`` without a GPU -- end with one line ``minisegnet: error: ...`` on stderr and exit status 2.
+:mod:`minisegnet.evaluation`, :mod:`minisegnet.inference`, :mod:`minisegnet.data`).  Mistakes in
+what the user typed or pointed at -- a missing folder, a file that is not a checkpoint, a bad
+``--size``, an unknown model, missing images, ``--device cuda`` without a GPU, an output folder
+that cannot be written -- end with one line ``minisegnet: error: ...`` on stderr and exit status 2.
 Only the preparation of each command is guarded that way; an error during training itself is
 a bug and keeps its traceback, except a diverging loss (one line, exit status 1: lower the
 learning rate).  Ctrl-C exits with status 130; checkpoints are written atomically, so an
-interrupted run leaves only complete files behind.
+interrupted run leaves only complete files behind.  Warnings of the library (a half-written
+last line in a run's log, say) are one line too: ``minisegnet: warning: ...``.
 
 Examples::
 
     minisegnet demo                                   # synthetic streets, < 5 minutes on 2 CPU cores
     minisegnet train --data CamVid --minutes 30       # SegNet-Basic at 180x240
+    minisegnet train --resume runs/segnet-basic       # go on as planned after an interruption
     minisegnet evaluate --data CamVid --split test runs/segnet-basic/best.npz
     minisegnet predict runs/segnet-basic/best.npz photo.png --out predictions
     minisegnet download-camvid CamVid
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -157,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output folder (default: runs/MODEL, or the folder of --resume)")
     tr.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                     help="continue a run: a checkpoint or run folder (alone: OUT/last.npz); the run's own "
-                    "settings are kept, --epochs/--minutes say how far to go")
+                    "settings are kept; --epochs/--minutes say how far to go (default: as the run was planned)")
     tr.add_argument("--recompute-bn", action="store_true",
                     help="recompute BatchNorm statistics over the training set after training (SegNet's "
                     "compute_bn_statistics.py)")
@@ -355,6 +360,20 @@ COMMANDS = {
 }
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
+
+
+def _one_line_warnings(show_otherwise):
+    """A ``warnings.showwarning`` that prints the library's warnings as ``minisegnet: warning: ...``."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not str(Path(filename).resolve()).startswith(_PACKAGE_DIR):  # not ours: as Python shows it
+            return show_otherwise(message, category, filename, lineno, file, line)
+        print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+    return show
+
+
 def main(argv=None) -> int:
     """Run the ``minisegnet`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
@@ -366,7 +385,9 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return COMMANDS[args.command](args)
     except UserError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__  # one line
         print(f"{PROG}: error: {message}", file=sys.stderr)

@@ -5,16 +5,19 @@ A :class:`Module` is a layer or a network: it owns parameters, buffers (state th
 saved but not learnt, such as BatchNorm's running statistics) and sub-modules, all
 registered simply by assigning them as attributes, as in PyTorch.
 
-Two switches live on every module and are set recursively:
+Three switches, kept apart as in PyTorch:
 
-``training``
-    ``train()`` / ``eval()``: BatchNorm uses batch statistics and Dropout drops only in
-    training mode.
-``requires_grad``
-    Whether ``forward`` keeps what ``backward`` will need (inputs, masks, argmax ...).
-    ``train()`` turns it on and ``eval()`` turns it off, so inference keeps no
-    activations.  ``eval().requires_grad_(True)`` gives an eval-mode forward that can
-    still be differentiated (used by gradient checks of BatchNorm in eval mode).
+``module.training`` -- ``train()`` / ``eval()``, set recursively
+    *What the layers compute*: BatchNorm uses batch statistics and Dropout drops only in
+    training mode.  Nothing else: an eval-mode forward can be differentiated like any
+    other (the gradient of BatchNorm with its running statistics, say).
+``with minisegnet.no_grad():`` -- :mod:`minisegnet.grad_mode`
+    *What the layers keep*: inside the block no forward stores anything for a backward,
+    so inference holds no activations (``predict``, ``evaluate`` and ``predict_mc`` use it).
+``parameter.requires_grad`` -- ``requires_grad_(False)`` sets it on every parameter
+    *Which gradients are computed*: a frozen parameter (``requires_grad = False``) gets no
+    ``.grad``, and its layer skips the matrix product that would compute it; the
+    optimizers leave it alone.
 
 Gradients **accumulate**: ``backward`` adds into ``param.grad`` (as PyTorch does, so
 micro-batches can be summed) and ``zero_grad()`` clears them.  Forgetting
@@ -34,16 +37,20 @@ from .backend import array_module_for, device_of, get_array_module, is_array, re
 class Parameter:
     """A learnable array and the gradient accumulated for it."""
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "requires_grad")
 
-    def __init__(self, data):
+    def __init__(self, data, requires_grad: bool = True):
         if not is_array(data):
             raise TypeError(f"Parameter expects a NumPy or CuPy array, got {type(data).__name__}")
         self.data = data
         self.grad = None
+        #: False freezes the parameter: layers compute no gradient for it and ``accumulate_grad`` ignores one.
+        self.requires_grad = bool(requires_grad)
 
     def accumulate_grad(self, grad) -> None:
-        """``self.grad += grad`` (the first call stores a copy)."""
+        """``self.grad += grad`` (the first call stores a copy); nothing for a frozen parameter."""
+        if not self.requires_grad:
+            return
         if grad.shape != self.data.shape:
             raise ValueError(f"gradient of shape {grad.shape} for a parameter of shape {self.data.shape}")
         if self.grad is None:
@@ -71,7 +78,6 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
-        object.__setattr__(self, "requires_grad", True)
 
     # -- registration ---------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -139,20 +145,23 @@ class Module:
 
     # -- modes ----------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
-        """Training mode (batch statistics, dropout on) and keep activations for backward."""
+        """Training mode: BatchNorm uses batch statistics, Dropout drops (eval: neither).
+
+        Only what the layers compute changes; what they keep for backward is
+        :func:`minisegnet.no_grad`'s business.
+        """
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
-            object.__setattr__(m, "requires_grad", bool(mode))
         return self
 
     def eval(self) -> "Module":
-        """Inference mode: running statistics, no dropout, no activations kept."""
+        """Eval mode: BatchNorm uses its running statistics, Dropout is the identity."""
         return self.train(False)
 
     def requires_grad_(self, flag: bool = True) -> "Module":
-        """Keep (or drop) what backward needs, whatever the mode."""
-        for m in self.modules():
-            object.__setattr__(m, "requires_grad", bool(flag))
+        """Freeze (``False``) or unfreeze every parameter: ``p.requires_grad = flag``."""
+        for p in self.parameters():
+            p.requires_grad = bool(flag)
         return self
 
     def zero_grad(self) -> None:

@@ -27,8 +27,8 @@ def require_cache(layer: str, cache, what: str = "forward"):
     """Raise a RuntimeError when backward runs without a stored forward."""
     if cache is None:
         raise RuntimeError(
-            f"{layer}.backward called before {what} (or after a forward with requires_grad=False, "
-            "as in eval mode: call .requires_grad_(True) to keep activations for backward)"
+            f"{layer}.backward called before {what} (or after a forward inside `with minisegnet.no_grad():`, "
+            "which keeps nothing for backward: run the forward outside that block)"
         )
     return cache
 

@@ -13,11 +13,17 @@ draw other label sets.
 Images may come as the loader gives them (float32 (3, H, W), normalised per channel: pass the
 ``mean`` and ``std`` used to normalise) or as stored on disk (uint8 (H, W, 3)); see
 :func:`to_uint8_image`.
+
+Two compositions serve the command line: :func:`training_figure` (a run's ``figure.png``) and
+:func:`save_prediction` (the files ``minisegnet predict`` writes for one image).  Figures may be
+written to a path or to a binary file object, so a composition is assembled in memory and only
+its result touches the disk (atomically: no half-written ``figure.png`` after a kill).
 """
 from __future__ import annotations
 
-import json
+import io
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +37,13 @@ __all__ = [
     "save_png",
     "save_label_png",
     "save_heatmap_png",
+    "save_ids_png",
+    "save_prediction",
     "class_legend",
     "prediction_grid",
     "training_curves",
+    "training_figure",
+    "stack_pngs",
     "read_log",
 ]
 
@@ -191,6 +201,39 @@ def save_heatmap_png(path, values, cmap: str = "viridis", vmin: float | None = N
     return save_png(path, rgba[..., :3])
 
 
+def save_ids_png(path, labels) -> Path:
+    """Write (H, W) class indices as a one-byte-a-pixel greyscale PNG (mode L), as CamVid's annotations."""
+    from PIL import Image
+
+    labels = np.asarray(to_numpy(labels))
+    if labels.ndim != 2 or labels.dtype.kind not in "iub":
+        raise ValueError(f"save_ids_png: expected one (H, W) integer label map, got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"save_ids_png: label values must be 0..255 to fit a byte, got {labels.min()}..{labels.max()}")
+    path = _prepare_path(path)
+    Image.fromarray(labels.astype(np.uint8, copy=False)).save(path, format="PNG")
+    return path
+
+
+def save_prediction(out_dir, stem: str, image, labels, uncertainty=None, palette=None) -> dict:
+    """The files of one segmented image, named after ``stem``; returns ``{kind: path}`` (strings).
+
+    ``STEM_labels.png`` (the labels in the palette's colours), ``STEM_overlay.png`` (the colours
+    blended over ``image``), ``STEM_ids.png`` (the raw class indices, one byte a pixel) and, with
+    an ``uncertainty`` map, ``STEM_uncertainty.png`` (colour-mapped).  All have the size of
+    ``labels``, which must be that of ``image``.
+    """
+    out_dir = Path(out_dir)
+    files = {
+        "labels": save_label_png(out_dir / f"{stem}_labels.png", labels, palette),
+        "overlay": save_png(out_dir / f"{stem}_overlay.png", overlay(image, labels, palette=palette)),
+        "ids": save_ids_png(out_dir / f"{stem}_ids.png", labels),
+    }
+    if uncertainty is not None:
+        files["uncertainty"] = save_heatmap_png(out_dir / f"{stem}_uncertainty.png", uncertainty)
+    return {kind: str(path) for kind, path in files.items()}
+
+
 # --------------------------------------------------------------------------------------------
 # figures
 # --------------------------------------------------------------------------------------------
@@ -203,8 +246,10 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _save_figure(fig, path, dpi: int) -> Path:
-    path = _prepare_path(path)
+def _save_figure(fig, path, dpi: int):
+    """Save as PNG to ``path`` (a file path, or a binary file object: returned as it is)."""
+    if not hasattr(path, "write"):
+        path = _prepare_path(path)
     fig.savefig(path, dpi=dpi, format="png")
     return path
 
@@ -253,6 +298,8 @@ def prediction_grid(
 ) -> Path:
     """A PNG with one row per sample: image | ground truth | prediction (| uncertainty), and a legend.
 
+    ``path``: a file path, or a binary file object to write the PNG into.
+
     ``images``: (N, 3, H, W) float as the loader yields (give ``mean``/``std`` to denormalise),
     (N, H, W, 3) uint8, or a sequence of such images.  ``targets`` may be None (no ground truth
     column: plain prediction).  ``uncertainty``: optional (N, H, W) float maps (Bayesian SegNet)
@@ -300,9 +347,14 @@ def prediction_grid(
 
 
 def read_log(path) -> list[dict]:
-    """The records of a JSON-lines metrics log (blank lines skipped)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a JSON-lines metrics log (blank lines skipped).
+
+    A half-written last line (a run killed while logging) is skipped with a warning naming the
+    file: :func:`minisegnet.run_folder.read_log`.
+    """
+    from .run_folder import read_log
+
+    return read_log(path)
 
 
 _METRIC_LABELS = (
@@ -333,7 +385,8 @@ def training_curves(log_records, path, title: str | None = None, dpi: int = 100)
       ``val_class_accuracy`` / ``val_boundary_f1`` (or the same names without ``val_``, as in
       :meth:`minisegnet.metrics.ConfusionMatrix.summary`), plotted against ``epoch``.
 
-    Other keys are ignored, so one log may hold both kinds of record.  Returns the path.
+    Other keys are ignored, so one log may hold both kinds of record.  ``path``: a file path,
+    or a binary file object to write the PNG into.  Returns the path.
     """
     records = read_log(log_records) if isinstance(log_records, (str, Path)) else list(log_records)
     loss_x, loss_y, loss_axis = [], [], "record"
@@ -392,3 +445,48 @@ def training_curves(log_records, path, title: str | None = None, dpi: int = 100)
         fig.suptitle(title)
     fig.tight_layout()
     return _save_figure(fig, path, dpi)
+
+
+# --------------------------------------------------------------------------------------------
+# compositions
+# --------------------------------------------------------------------------------------------
+def stack_pngs(pngs, path) -> Path:
+    """Stack PNG images (paths or binary file objects) vertically, centred on white, into ``path``.
+
+    Written atomically: into ``.NAME.tmp`` beside ``path``, then renamed over it.
+    """
+    from PIL import Image
+
+    parts = []
+    for png in pngs:
+        if hasattr(png, "seek"):
+            png.seek(0)
+        with Image.open(png) as im:
+            parts.append(im.convert("RGB"))
+    if not parts:
+        raise ValueError("stack_pngs: no images to stack")
+    width = max(im.width for im in parts)
+    canvas = Image.new("RGB", (width, sum(im.height for im in parts)), "white")
+    y = 0
+    for im in parts:
+        canvas.paste(im, ((width - im.width) // 2, y))
+        y += im.height
+    path = _prepare_path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def training_figure(log_records, images, targets, predictions, path, *, title: str | None = None,
+                    max_rows: int = 4, mean=None, std=None, dpi: int = 100) -> Path:
+    """A training run's figure: :func:`training_curves` above a :func:`prediction_grid`, one PNG.
+
+    ``log_records``: the run's log (records or a path); ``images``/``targets``/``predictions``:
+    a few validation samples as :func:`prediction_grid` takes them.  Both parts are drawn in
+    memory; ``path`` is written once, atomically.  Returns the path.
+    """
+    curves, grid = io.BytesIO(), io.BytesIO()
+    training_curves(log_records, curves, title=title, dpi=dpi)
+    prediction_grid(images, targets, predictions, grid, max_rows=max_rows, mean=mean, std=std, dpi=dpi)
+    return stack_pngs([curves, grid], path)

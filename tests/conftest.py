@@ -7,7 +7,10 @@
   (parity tests use it as the reference; the library itself never imports it).
 * ``camvid_root``: the CamVid directory (``$MINISEGNET_CAMVID`` or ``<repo>/../shared/data/camvid``),
   or a skip saying where it was looked for.
-* Tests marked ``gpu`` are skipped, with the reason, where CuPy or a GPU is missing.
+* Tests marked ``gpu`` are skipped, with the reason, where CuPy or a GPU is missing --
+  unless ``MINISEGNET_REQUIRE_GPU=1`` is set: then a missing GPU or CuPy *fails* every
+  gpu test, and a gpu test that skips for any other reason fails too, so a GPU run
+  (``MINISEGNET_REQUIRE_GPU=1 pytest -m gpu``) cannot pass by skipping.
 """
 from __future__ import annotations
 
@@ -52,7 +55,13 @@ def camvid_root() -> Path:
 
 
 # -- GPU tests -------------------------------------------------------------------------
+REQUIRE_GPU_ENV_VAR = "MINISEGNET_REQUIRE_GPU"
 _GPU_SKIP_REASON: list[str | None] = []  # computed once, only when a gpu test is collected
+
+
+def gpu_required() -> bool:
+    """True when ``$MINISEGNET_REQUIRE_GPU`` is set to anything but "", "0", "false", "no", "off"."""
+    return os.environ.get(REQUIRE_GPU_ENV_VAR, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _gpu_skip_reason() -> str | None:
@@ -68,14 +77,36 @@ def _gpu_skip_reason() -> str | None:
     return _GPU_SKIP_REASON[0]
 
 
+def _is_gpu_test(item) -> bool:
+    return item.get_closest_marker("gpu") is not None
+
+
 def pytest_collection_modifyitems(config, items):
-    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
-    if not gpu_items:
+    gpu_items = [item for item in items if _is_gpu_test(item)]
+    if not gpu_items or gpu_required():  # required: no skip marker, the setup below fails instead
         return
     reason = _gpu_skip_reason()
     if reason is not None:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_runtest_setup(item):
+    if _is_gpu_test(item) and gpu_required():
+        reason = _gpu_skip_reason()
+        if reason is not None:
+            pytest.fail(f"{reason} -- and {REQUIRE_GPU_ENV_VAR}=1 forbids skipping GPU tests", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With ``MINISEGNET_REQUIRE_GPU=1`` a gpu test that skips (``importorskip``, ``pytest.skip``) fails."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and _is_gpu_test(item) and gpu_required() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"GPU test skipped ({reason}), but {REQUIRE_GPU_ENV_VAR}=1 forbids skipping GPU tests"
 
 
 # -- random inputs -------------------------------------------------------------------------

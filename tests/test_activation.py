@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from minisegnet.grad_mode import no_grad
 from minisegnet.gradcheck import check_module, gradcheck
 from minisegnet.layers.activation import ReLU
 
@@ -64,13 +65,15 @@ def test_forward_leaves_input_alone_unless_inplace():
 
 def test_modes_and_cache():
     x = away_from_zero((1, 2, 3, 3))
-    relu = ReLU().eval()
-    relu.forward(x)
+    relu = ReLU()
+    with no_grad():
+        relu.forward(x)
     assert relu._mask is None  # inference keeps nothing
     with pytest.raises(RuntimeError, match="ReLU.backward called before forward"):
         relu.backward(np.ones_like(x))
-    relu.requires_grad_(True)
-    relu.forward(x)
+    relu.eval().forward(x)  # eval mode computes the same and stays differentiable
+    with no_grad():
+        relu.forward(-x)  # an inference call in between leaves the mask alone
     np.testing.assert_array_equal(relu.backward(np.ones_like(x)), (x > 0).astype(x.dtype))
 
 

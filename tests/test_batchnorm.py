@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from minisegnet.grad_mode import no_grad
 from minisegnet.gradcheck import check_module
 from minisegnet.layers.batchnorm import BatchNorm2d
 
@@ -41,7 +42,7 @@ def test_gradcheck_training_mode(shape):
 def test_gradcheck_eval_mode(shape):
     bn = make_bn(shape[1])
     set_running_stats(bn)
-    bn.eval().requires_grad_(True)
+    bn.eval()  # running statistics; an eval-mode forward can be differentiated
     check_module(bn, random_map(shape))
 
 
@@ -120,30 +121,48 @@ def test_eval_uses_running_stats_and_leaves_them_alone():
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
     for k, v in bn.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
-    assert bn._xhat is None and bn._inv_std is None  # eval keeps nothing
+    # eval mode still keeps what its backward needs (PyTorch's semantics): dx = dy * gamma / sigma
+    dy = random_map((1, 3, 2, 3), seed=4)
+    scale = bn.weight.data / np.sqrt(bn.running_var + bn.eps)
+    np.testing.assert_allclose(bn.backward(dy), dy * scale[None, :, None, None], rtol=1e-12)
 
 
-def test_no_cache_without_requires_grad_gives_same_output():
+def test_no_grad_keeps_nothing_gives_the_same_output_and_spares_a_pending_backward():
     x = random_map((2, 3, 3, 3))
     with_cache = make_bn(3).forward(x)
-    bn = make_bn(3).requires_grad_(False)  # training statistics, but no activations kept
-    np.testing.assert_allclose(bn.forward(x), with_cache, rtol=1e-12, atol=1e-12)
+    bn = make_bn(3)
+    with no_grad():  # training statistics, but no activations kept
+        np.testing.assert_allclose(bn.forward(x), with_cache, rtol=1e-12, atol=1e-12)
     assert bn._xhat is None
     with pytest.raises(RuntimeError, match="BatchNorm2d.backward called before forward"):
         bn.backward(np.ones_like(x))
+    # a no_grad forward between a forward and its backward changes nothing of that backward
+    dy = random_map((2, 3, 3, 3), seed=7)
+    reference = make_bn(3)
+    reference.forward(x)
+    expected = reference.backward(dy)
+    bn = make_bn(3)
+    bn.forward(x)
+    with no_grad():
+        bn.forward(random_map((2, 3, 3, 3), seed=8))  # same shape: must not reuse the cached buffer
+    np.testing.assert_array_equal(bn.backward(dy), expected)
+    np.testing.assert_array_equal(bn.weight.grad, reference.weight.grad)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_dtype_follows_the_input(dtype):
-    bn = BatchNorm2d(2)  # float32 parameters and buffers
+def test_dtype_follows_the_layer_and_another_dtype_is_refused(dtype):
+    bn = BatchNorm2d(2).astype(dtype)
     x = random_map((2, 2, 3, 3), dtype=dtype)
     y = bn.forward(x)
     dx = bn.backward(np.ones_like(y))
     assert y.dtype == dtype and dx.dtype == dtype
     assert bn._xhat.dtype == dtype and bn._inv_std.dtype == dtype
-    assert bn.running_mean.dtype == np.float32 and bn.weight.grad.dtype == np.float32
+    assert bn.running_mean.dtype == dtype and bn.weight.grad.dtype == dtype
     bn.eval()
     assert bn.forward(x).dtype == dtype
+    other = np.float64 if dtype == np.float32 else np.float32
+    with pytest.raises(TypeError, match=r"BatchNorm2d\(2\): expected an input of the layer's dtype"):
+        bn.forward(x.astype(other))
 
 
 def test_param_grads_accumulate_across_backwards():
@@ -201,13 +220,24 @@ def test_backward_errors():
     bn.forward(np.ones((1, 2, 2, 2), np.float32))
     with pytest.raises(ValueError, match=r"BatchNorm2d.backward: .* gradient of shape \(1, 2, 2, 2\)"):
         bn.backward(np.zeros((1, 2, 2, 3), np.float32))
-    bn.eval()
-    bn.forward(np.ones((1, 2, 2, 2), np.float32))  # eval: nothing kept
-    with pytest.raises(RuntimeError, match="requires_grad"):
-        bn.backward(np.zeros((1, 2, 2, 2), np.float32))
-    bn.requires_grad_(True)
-    bn.forward(np.ones((1, 2, 2, 2), np.float32))
-    assert bn.backward(np.ones((1, 2, 2, 2), np.float32)).shape == (1, 2, 2, 2)
+    fresh = BatchNorm2d(2)
+    with no_grad():
+        fresh.forward(np.ones((1, 2, 2, 2), np.float32))  # nothing kept
+    with pytest.raises(RuntimeError, match="no_grad"):
+        fresh.backward(np.zeros((1, 2, 2, 2), np.float32))
+    fresh.eval().forward(np.ones((1, 2, 2, 2), np.float32))  # eval mode, grad enabled: differentiable
+    assert fresh.backward(np.ones((1, 2, 2, 2), np.float32)).shape == (1, 2, 2, 2)
+
+
+def test_frozen_parameters_get_no_gradient_and_dx_is_unchanged():
+    x, dy = random_map((2, 3, 4, 5)), random_map((2, 3, 4, 5), seed=3)
+    for train in (True, False):
+        free, frozen = make_bn(3).train(train), make_bn(3).train(train)
+        frozen.requires_grad_(False)
+        free.forward(x), frozen.forward(x)
+        np.testing.assert_array_equal(frozen.backward(dy), free.backward(dy))
+        assert frozen.weight.grad is None and frozen.bias.grad is None
+        assert free.weight.grad is not None
 
 
 @pytest.mark.parametrize(
@@ -248,7 +278,7 @@ def test_parity_with_torch(dtype, tol):
         np.testing.assert_allclose(ours.running_mean, ref.running_mean.numpy(), rtol=tol, atol=tol)
         np.testing.assert_allclose(ours.running_var, ref.running_var.numpy(), rtol=tol, atol=tol)
         assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked)
-    ours.eval().requires_grad_(True)
+    ours.eval()
     ref.eval()
     step((2, 4, 3, 3), 10)
     np.testing.assert_allclose(ours.weight.grad, ref.weight.grad.numpy(), rtol=tol, atol=tol * 10)

@@ -162,6 +162,53 @@ def test_train_resume_continues_in_the_same_folder(tmp_path, capsys):
     assert "mIoU" in capsys.readouterr().out
 
 
+def _checkpoint_arrays(path):
+    contents = np.load(path, allow_pickle=False)
+    return {k: contents[k] for k in contents.files if k.startswith(("model/", "optim/state/"))}
+
+
+def test_bare_resume_goes_on_as_planned(tmp_path, monkeypatch, capsys):
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert main(["train", *TINY_TRAIN, "--epochs", "2", "--out", str(straight)]) == 0
+
+    # The same run, interrupted (Ctrl-C) in its second epoch: last.npz holds the end of epoch 1.
+    import minisegnet.train as train_module
+
+    reseed = train_module._reseed_dropout
+
+    def interrupt_in_epoch_2(model, seed, epoch, batch):
+        if (epoch, batch) == (1, 2):
+            raise KeyboardInterrupt
+        reseed(model, seed, epoch, batch)
+
+    monkeypatch.setattr(train_module, "_reseed_dropout", interrupt_in_epoch_2)
+    assert main(["train", *TINY_TRAIN, "--epochs", "2", "--out", str(run)]) == 130
+    monkeypatch.undo()
+    assert load_model(run / "last.npz")[1]["epoch"] == 1
+
+    # `minisegnet train --resume DIR` alone: no length, no data, no model; all from the checkpoint.
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    _, extra = load_model(run / "last.npz")
+    assert extra["epoch"] == 2 and extra["step"] == 8 and extra["train_config"]["epochs"] == 2
+    assert "mIoU" in capsys.readouterr().out
+    resumed, uninterrupted = _checkpoint_arrays(run / "last.npz"), _checkpoint_arrays(straight / "last.npz")
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=key)
+
+
+def test_a_library_warning_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY_TRAIN, "--epochs", "1", "--out", str(out)]) == 0
+    with open(out / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 5, "epo')  # a kill in the middle of a log write
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minisegnet: warning: ") and "log.jsonl: line" in err[0], err
+
+
 def test_evaluate_prints_scores_and_the_class_table(trained, capsys):
     assert main(["evaluate", "--synthetic", str(trained / "best.npz"), "--limit", "4"]) == 0
     out = capsys.readouterr().out

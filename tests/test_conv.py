@@ -1,6 +1,14 @@
-"""Conv2d: gradient checks, the three code paths, PyTorch parity, accumulation, modes, bad input."""
+"""Conv2d: the definition, every algorithm and tiling, gradient checks, PyTorch parity, grad modes, bad input.
+
+The reference is :mod:`minisegnet.reference` (``conv2d`` and ``conv2d_backward``, loops
+over output pixels, float64).  Every value test uses a *random* upstream gradient: with
+all ones a backward that routes gradients to the wrong pixel can still add up right.
+Bias gradients are checked on a conv alone, where they are far from 0 (behind a
+BatchNorm the true bias gradient is 0 and any check of it passes).
+"""
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -8,55 +16,123 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minisegnet import reference
+from minisegnet.backend import device_of, to_device, to_numpy
+from minisegnet.grad_mode import no_grad
 from minisegnet.gradcheck import check_module
 from minisegnet.layers import conv as conv_module
-from minisegnet.layers.conv import Conv2d, clear_workspace
+from minisegnet.layers.conv import ALGORITHMS, Conv2d, clear_workspace
+from minisegnet.layers.conv_tiling import plan_tiling
+from minisegnet.workspace import WORKSPACE
 
 
 # -- helpers -------------------------------------------------------------------------------
-def make_conv(c, o, k, stride=1, padding=0, bias=True, *, dtype=np.float64, path="auto", seed=0):
-    """A Conv2d with random (non-zero) bias, in ``dtype``, forced onto one code path.
-
-    ``path``: "auto" (the layer's choices), "plain" (one shifted GEMM per offset, no
-    copies), "group2" (two horizontal shifts stacked per GEMM: a group size that does not
-    divide the kernel width), "blocks" (every shift stacked, the output columns in blocks of
-    5, so that block seams fall everywhere), "strided" (the gathering path, even at stride 1), "scatter" /
-    "flipped" (that backward formulation whatever the channel counts); "a+b" applies both.
-    """
-    conv = Conv2d(c, o, k, stride, padding, bias, rng=seed).astype(dtype)
+def make_conv(c, o, k, stride=1, padding=0, bias=True, *, dtype=np.float64, algorithm="auto", seed=0, **kwargs):
+    """A Conv2d with a random (non-zero) bias, in ``dtype``, running ``algorithm``."""
+    conv = Conv2d(c, o, k, stride, padding, bias, rng=seed, algorithm=algorithm, **kwargs).astype(dtype)
     if conv.bias is not None:
         conv.bias.data[...] = np.random.default_rng(seed + 1).standard_normal(o)
-    for part in path.split("+"):  # "blocks+scatter": both switches
-        if part == "plain":
-            conv.max_workspace_bytes = 0
-        elif part == "group2":
-            conv._tiling = lambda kw, rows, length, halo, itemsize, min_block: (min(2, kw), length)
-        elif part == "blocks":  # the flat columns cut into blocks of 5 (seams everywhere)
-            conv._tiling = lambda kw, rows, length, halo, itemsize, min_block: (kw, min(5, length))
-        elif part == "strided":
-            conv._allow_flat = False
-        elif part in ("scatter", "flipped"):
-            conv._dx_form = part
-        else:
-            assert part == "auto"
     return conv
 
 
-def reference_conv2d(x, w, b, stride, padding):
-    """Direct definition, one einsum per kernel offset (float64): y[n,o,r,c] = sum W x_window."""
-    (sh, sw), (ph, pw) = stride, padding
-    n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-    y = np.zeros((n, o, ho, wo))
-    for i in range(kh):
-        for j in range(kw):
-            window = xp[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
-            y += np.einsum("oc,nchw->nohw", w[:, :, i, j], window)
-    if b is not None:
-        y += b.reshape(1, -1, 1, 1)
-    return y
+def algorithms_for(stride) -> list[str]:
+    """The algorithm names that can serve a layer with this stride ("auto" first)."""
+    probe = Conv2d(1, 1, 1, stride)
+    return ["auto"] + [name for name, spec in ALGORITHMS.items() if spec.unsupported(probe) is None]
+
+
+def forward_plan_arguments(conv, x_shape):
+    """``(kw, rows, length, halo, itemsize)``: what the forward hands :func:`plan_tiling`."""
+    n, c, h, w = x_shape
+    (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
+    hp, wp = h + 2 * ph, w + 2 * pw
+    ho, wo = conv._output_size(h, w)
+    if conv.resolved_algorithm == "gathered":  # all N·Ho·Wo columns, no halo
+        length, halo = n * ho * wo, 0
+    else:  # the flat padded grid up to the last valid output
+        length, halo = (n - 1) * hp * wp + (ho - 1) * wp + wo, (kh - 1) * wp
+    return kw, c, length, halo, conv.weight.data.dtype.itemsize
+
+
+#: ``tiling`` of :func:`set_tiling`: how the workspace budget shapes the GEMMs.
+TILINGS = ["default", "plain", "group2", "blocks"]
+
+
+def set_tiling(conv, x_shape, tiling: str):
+    """Set the layer's documented knobs so that its forward runs ``tiling``, and check the plan.
+
+    "default": the class budget (every offset stacked, one block on test-sized maps);
+    "plain": ``max_workspace_bytes = 0``, one shifted GEMM per offset, nothing copied;
+    "group2": room for two shifted copies: two offsets per GEMM, a group size that does
+    not divide the kernel width; "blocks" (flat algorithms): every offset stacked but the
+    columns cut into blocks of at most 5, so that block seams fall everywhere.
+    """
+    kw, rows, length, halo, itemsize = forward_plan_arguments(conv, x_shape)
+    if tiling == "default":
+        return
+    if tiling == "plain":
+        conv.max_workspace_bytes = 0
+        expected = (1, length)
+    elif tiling == "group2":
+        conv.max_workspace_bytes = 2 * rows * itemsize * (length + halo)
+        assert conv.min_block_columns >= length
+        expected = (min(2, kw), length)
+    elif tiling == "blocks":
+        assert conv.resolved_algorithm != "gathered", "the gathered windows are one block"
+        conv.min_block_columns = 1
+        conv.max_workspace_bytes = kw * rows * itemsize * (5 + halo)
+        blocks = -(-length // 5)
+        expected = (kw, -(-length // blocks))
+    else:
+        raise AssertionError(tiling)
+    plan = plan_tiling(kw, rows, length, halo, itemsize, conv.max_workspace_bytes, conv.min_block_columns)
+    assert plan == expected, (tiling, plan, expected)
+
+
+def combinations(stride, kernel_size):
+    """(algorithm, tiling) pairs that are valid, and distinct, for a layer."""
+    kw = kernel_size if isinstance(kernel_size, int) else kernel_size[1]
+    pairs = []
+    for algorithm in algorithms_for(stride):
+        for tiling in TILINGS:
+            gathered = algorithm == "gathered" or (algorithm == "auto" and stride not in (1, (1, 1)))
+            if tiling == "blocks" and gathered:
+                continue
+            if tiling == "group2" and kw <= 2:
+                continue
+            pairs.append((algorithm, tiling))
+    return pairs
+
+
+def run(conv, x, dy):
+    """``(y, dx, dW, db)`` of one forward and backward, gradients freshly zeroed."""
+    conv.zero_grad()
+    y = conv.forward(x)
+    dx = conv.backward(dy)
+    return y, dx, conv.weight.grad, None if conv.bias is None else conv.bias.grad
+
+
+def definition(conv, x, dy):
+    """``(y, dx, dW, db)`` of :mod:`minisegnet.reference` for the layer's weights."""
+    b = None if conv.bias is None else conv.bias.data
+    y = reference.conv2d(x, conv.weight.data, b, conv.stride, conv.padding)
+    dx, dw, db = reference.conv2d_backward(x, conv.weight.data, dy, conv.stride, conv.padding)
+    return y, dx, dw, (db if conv.bias is not None else None)
+
+
+def assert_results_close(got, expected, what: str, rtol=1e-10, atol=1e-12):
+    for name, a, b in zip(["y", "dx", "dW", "db"], got, expected):
+        if b is None:
+            assert a is None, f"{what}: {name} should be None"
+            continue
+        assert a.shape == b.shape, f"{what}: {name} shape {a.shape} != {b.shape}"
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol * max(1.0, np.abs(b).max()), err_msg=f"{what}: {name}")
+
+
+def output_shape(case):
+    n, c, o, h, w, k, s, p = case[:8]
+    conv = Conv2d(c, o, k, s, p)
+    return (n, o, *conv._output_size(h, w))
 
 
 # (N, C, O, H, W, kernel, stride, padding, bias)
@@ -81,38 +157,74 @@ def test_gradcheck(case, rng):
     reports = check_module(conv, rng.standard_normal((n, c, h, w)))
     names = [r.name for r in reports]
     assert names == ["input[0]", "weight"] + (["bias"] if bias else [])
-    assert all(r.checked == r_size for r, r_size in zip(reports, [n * c * h * w, conv.weight.size]))
+    sizes = [n * c * h * w, conv.weight.size] + ([o] if bias else [])
+    assert [r.checked for r in reports] == sizes
 
 
-@pytest.mark.parametrize("path", ["plain", "group2", "blocks+scatter", "blocks+flipped", "strided", "scatter", "flipped"])
-@pytest.mark.parametrize("case", ["batch1-3x3-pad1", "7x7-same", "rect-kernel-stride-pad"])
-def test_gradcheck_every_code_path(case, path, rng):
+GRADCHECK_COMBINATIONS = [
+    (case, algorithm, tiling)
+    for case in ["batch1-3x3-pad1", "7x7-same", "rect-kernel-stride-pad"]
+    for algorithm, tiling in combinations(GRADCHECK_CASES[case][6], GRADCHECK_CASES[case][5])
+    if algorithm != "auto"
+]
+
+
+@pytest.mark.parametrize("case, algorithm, tiling", GRADCHECK_COMBINATIONS,
+                         ids=[f"{c}-{a}-{t}" for c, a, t in GRADCHECK_COMBINATIONS])
+def test_gradcheck_every_algorithm_and_tiling(case, algorithm, tiling, rng):
     n, c, o, h, w, k, s, p, bias = GRADCHECK_CASES[case]
-    conv = make_conv(c, o, k, s, p, bias, path=path)
+    conv = make_conv(c, o, k, s, p, bias, algorithm=algorithm)
+    set_tiling(conv, (n, c, h, w), tiling)
     check_module(conv, rng.standard_normal((n, c, h, w)))
 
 
-@pytest.mark.parametrize(
-    "case",
-    [(2, 3, 4, 9, 11, 7, 1, 3), (3, 5, 2, 8, 7, 3, 1, 1), (2, 4, 3, 6, 9, (3, 5), 1, (0, 2)), (2, 3, 2, 9, 10, 3, 2, 1)],
-)
-def test_code_paths_agree(case, rng):
-    """Every formulation (grouped or not, flat or strided, both backwards) gives the same numbers."""
+# -- the definition: every algorithm and tiling, odd sizes, strides 1, 2, 3, padding -------
+# (N, C, O, H, W, kernel, stride, padding)
+DEFINITION_CASES = [
+    (2, 3, 4, 9, 11, 7, 1, 3),  # 7×7 with C < O ("auto": flat-scatter)
+    (3, 5, 2, 8, 7, 3, 1, 1),  # C > O ("auto": flat-flipped)
+    (2, 4, 3, 7, 9, (3, 5), 1, (0, 2)),  # rectangular kernel, padding in one direction
+    (2, 3, 2, 9, 11, 3, 2, 1),  # stride 2, odd sizes
+    (2, 2, 3, 11, 13, 5, 3, 2),  # stride 3
+    (1, 3, 2, 7, 9, (3, 2), (2, 3), (1, 0)),  # mixed strides
+]
+DEFINITION_COMBINATIONS = [
+    (case, algorithm, tiling)
+    for case in DEFINITION_CASES
+    for algorithm, tiling in combinations(case[6], case[5])
+]
+
+
+@pytest.mark.parametrize("case, algorithm, tiling", DEFINITION_COMBINATIONS,
+                         ids=[f"{'x'.join(map(str, c[:5]))}-k{c[5]}-s{c[6]}-{a}-{t}"
+                              for c, a, t in DEFINITION_COMBINATIONS])
+def test_every_algorithm_matches_definition(case, algorithm, tiling):
+    """y, dx, dW and db of each named algorithm and tiling equal the definition, in float64."""
     n, c, o, h, w, k, s, p = case
+    rng = np.random.default_rng(11)
     x = rng.standard_normal((n, c, h, w))
-    results = {}
-    for path in ["auto", "plain", "group2", "blocks+scatter", "blocks+flipped", "strided", "scatter", "flipped"]:
-        conv = make_conv(c, o, k, s, p, seed=3, path=path)
-        y = conv.forward(x)
-        dy = np.random.default_rng(7).standard_normal(y.shape)
-        dx = conv.backward(dy)
-        results[path] = (y, dx, conv.weight.grad, conv.bias.grad)
-    ref = results.pop("auto")
-    expected = reference_conv2d(x, conv.weight.data, conv.bias.data, conv.stride, conv.padding)
-    np.testing.assert_allclose(ref[0], expected, rtol=1e-12, atol=1e-12)
-    for path, got in results.items():
-        for name, a, b in zip(["y", "dx", "dW", "db"], got, ref):
-            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"{path}: {name}")
+    dy = rng.standard_normal(output_shape(case))
+    conv = make_conv(c, o, k, s, p, seed=3, algorithm=algorithm)
+    set_tiling(conv, x.shape, tiling)
+    got = run(conv, x, dy)
+    assert np.abs(got[3]).min() > 1e-3  # the bias gradient is far from 0: its check can fail
+    assert_results_close(got, definition(conv, x, dy), f"{algorithm}/{tiling}")
+
+
+def test_multi_block_tiling_matches_definition(rng):
+    """A tiny budget: many blocks and fewer offsets per GEMM, forward and both backward forms."""
+    n, c, o, h, w, k, p = 2, 3, 4, 13, 17, 5, 2
+    x = rng.standard_normal((n, c, h, w))
+    for algorithm in ["flat-flipped", "flat-scatter", "gathered"]:
+        conv = make_conv(c, o, k, padding=p, algorithm=algorithm)
+        conv.min_block_columns = 16
+        kw, rows, length, halo, itemsize = forward_plan_arguments(conv, x.shape)
+        conv.max_workspace_bytes = 3 * rows * itemsize * (conv.min_block_columns + halo)  # three copies of 16 columns
+        g, block = plan_tiling(kw, rows, length, halo, itemsize, conv.max_workspace_bytes, conv.min_block_columns)
+        if algorithm != "gathered":
+            assert g == 3 and block < length, (g, block, length)  # 3 + 2 offsets, several blocks
+        dy = rng.standard_normal(output_shape((n, c, o, h, w, k, 1, p)))
+        assert_results_close(run(conv, x, dy), definition(conv, x, dy), algorithm)
 
 
 @settings(max_examples=25, deadline=None)
@@ -120,130 +232,59 @@ def test_code_paths_agree(case, rng):
     n=st.integers(1, 2), c=st.integers(1, 3), o=st.integers(1, 3),
     kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
     ph=st.integers(0, 2), pw=st.integers(0, 2), extra_h=st.integers(0, 5), extra_w=st.integers(0, 5),
+    algorithm=st.sampled_from(sorted(ALGORITHMS)),
 )
-def test_forward_matches_definition_over_shapes(n, c, o, kh, kw, sh, sw, ph, pw, extra_h, extra_w):
+def test_matches_definition_over_shapes(n, c, o, kh, kw, sh, sw, ph, pw, extra_h, extra_w, algorithm):
+    """Random shapes, a random dy: every output and gradient equals the definition."""
     h, w = max(1, kh - 2 * ph + extra_h), max(1, kw - 2 * pw + extra_w)
-    conv = make_conv(c, o, (kh, kw), (sh, sw), (ph, pw))
-    x = np.random.default_rng(n * 100 + h * 10 + w).standard_normal((n, c, h, w))
-    y = conv.forward(x)
-    np.testing.assert_allclose(y, reference_conv2d(x, conv.weight.data, conv.bias.data, (sh, sw), (ph, pw)),
-                               rtol=1e-12, atol=1e-12)
-    dy = np.ones_like(y)
-    dx = conv.backward(dy)
-    assert dx.shape == x.shape
-    np.testing.assert_allclose(conv.bias.grad, np.full(o, n * y.shape[2] * y.shape[3]))
+    if ALGORITHMS[algorithm].unsupported(Conv2d(1, 1, 1, (sh, sw))) is not None:
+        algorithm = "gathered"
+    conv = make_conv(c, o, (kh, kw), (sh, sw), (ph, pw), algorithm=algorithm)
+    rng = np.random.default_rng(n * 100 + h * 10 + w)
+    x = rng.standard_normal((n, c, h, w))
+    dy = rng.standard_normal(output_shape((n, c, o, h, w, (kh, kw), (sh, sw), (ph, pw))))
+    assert_results_close(run(conv, x, dy), definition(conv, x, dy), algorithm)
 
 
-# -- accumulation, dtypes, modes ----------------------------------------------------------
-def test_gradients_accumulate_and_zero_grad_clears(rng):
-    conv = make_conv(3, 4, 3, padding=1)
-    x = rng.standard_normal((2, 3, 5, 6))
-    y = conv.forward(x)
-    dy1, dy2 = rng.standard_normal(y.shape), rng.standard_normal(y.shape)
-    conv.backward(dy1)
-    g1 = conv.weight.grad.copy(), conv.bias.grad.copy()
-    conv.zero_grad()
-    assert conv.weight.grad is None and conv.bias.grad is None
-    conv.backward(dy2)
-    g2 = conv.weight.grad.copy(), conv.bias.grad.copy()
-    conv.zero_grad()
-    conv.backward(dy1)
-    conv.forward(x)  # a second micro-batch
-    conv.backward(dy2)
-    np.testing.assert_allclose(conv.weight.grad, g1[0] + g2[0], rtol=1e-12)
-    np.testing.assert_allclose(conv.bias.grad, g1[1] + g2[1], rtol=1e-12)
+@pytest.mark.torch
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(1, 2), c=st.integers(1, 4), o=st.integers(1, 4),
+    k=st.integers(1, 5), s=st.integers(1, 3), p=st.integers(0, 2), extra=st.integers(0, 6),
+    algorithm=st.sampled_from(sorted(ALGORITHMS)),
+)
+def test_matches_torch_over_shapes(n, c, o, k, s, p, extra, algorithm):
+    torch = pytest.importorskip("torch")
+    h = w = max(1, k - 2 * p + extra)
+    if ALGORITHMS[algorithm].unsupported(Conv2d(1, 1, 1, s)) is not None:
+        algorithm = "gathered"
+    conv = make_conv(c, o, k, s, p, algorithm=algorithm)
+    rng = np.random.default_rng(n * 100 + h)
+    x = rng.standard_normal((n, c, h, w))
+    dy = rng.standard_normal(output_shape((n, c, o, h, w, k, s, p)))
+    tx = torch.from_numpy(x.copy()).requires_grad_(True)
+    tw = torch.from_numpy(conv.weight.data.copy()).requires_grad_(True)
+    tb = torch.from_numpy(conv.bias.data.copy()).requires_grad_(True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=s, padding=p)
+    ty.backward(torch.from_numpy(dy))
+    expected = (ty.detach().numpy(), tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy())
+    assert_results_close(run(conv, x, dy), expected, algorithm)
 
 
-def test_backward_is_linear_in_dy_and_leaves_inputs_alone(rng):
-    conv = make_conv(2, 3, 3, padding=1)
-    x = rng.standard_normal((2, 2, 4, 5))
-    x_before = x.copy()
-    y = conv.forward(x)
-    dy = rng.standard_normal(y.shape)
-    dy_before = dy.copy()
-    dx = conv.backward(dy)
-    dx2 = conv.backward(2 * dy)
-    np.testing.assert_array_equal(x, x_before)
-    np.testing.assert_array_equal(dy, dy_before)
-    np.testing.assert_allclose(dx2, 2 * dx, rtol=1e-12)
-    assert not np.shares_memory(dx, dx2) and not np.shares_memory(y, conv.forward(x))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# -- bias gradients where they are not 0 ---------------------------------------------------
 @pytest.mark.parametrize("stride", [1, 2])
-def test_dtype_end_to_end(dtype, stride, rng):
-    clear_workspace()
-    conv = make_conv(3, 4, 3, stride, 1, dtype=dtype)
-    x = rng.standard_normal((2, 3, 6, 7)).astype(dtype)
+def test_bias_gradient_where_it_is_not_zero(stride, rng):
+    """A conv alone with a random dy: db = sum of dy over n, r, c, far from 0, and gradchecked."""
+    conv = make_conv(3, 5, 3, stride, 1)
+    x = rng.standard_normal((2, 3, 7, 8))
     y = conv.forward(x)
-    dx = conv.backward(np.ones_like(y))
-    assert y.dtype == dx.dtype == conv.weight.grad.dtype == conv.bias.grad.dtype == dtype
-    assert conv._padded_input.dtype == dtype
-    scratch = conv_module._WORKSPACE.arrays()
-    assert scratch and all(a.dtype == dtype for a in scratch.values())  # no temporaries in another dtype
-
-
-def test_non_contiguous_input(rng):
-    conv = make_conv(3, 2, 3, padding=1)
-    x = rng.standard_normal((2, 6, 8, 10))[:, ::2, :, ::2]
-    np.testing.assert_allclose(conv.forward(x), conv.forward(np.ascontiguousarray(x)), rtol=1e-14)
-
-
-def test_eval_keeps_no_cache_and_same_output(rng):
-    conv = make_conv(2, 3, 3, padding=1)
-    x = rng.standard_normal((2, 2, 5, 5))
-    y_train = conv.forward(x)
-    assert conv._padded_input is not None
-    conv.eval()
-    y_eval = conv.forward(x)
-    np.testing.assert_array_equal(y_train, y_eval)
-    assert conv._padded_input is None
-    with pytest.raises(RuntimeError, match=r"Conv2d.*backward called before forward"):
-        conv.backward(np.ones_like(y_eval))
-    conv.requires_grad_(True)  # eval mode, but keep what backward needs
-    conv.forward(x)
-    conv.backward(np.ones_like(y_eval))
-    assert conv.weight.grad is not None
-
-
-def test_workspace_is_reused_and_bounded(rng):
-    clear_workspace()
-    conv = make_conv(4, 4, 7, padding=3, dtype=np.float32)
-    x = rng.standard_normal((2, 4, 10, 12)).astype(np.float32)
-    conv.backward(np.ones_like(conv.forward(x)))
-    scratch = conv_module._WORKSPACE.arrays()
-    ids = {k: id(a) for k, a in scratch.items()}
-    conv.backward(np.ones_like(conv.forward(x)))
-    assert {k: id(a) for k, a in scratch.items()} == ids  # same arrays, no new allocation
-    conv.max_workspace_bytes = 0  # no shifted copies at all
-    clear_workspace()
-    conv.backward(np.ones_like(conv.forward(x)))
-    assert not any(key[-1] == "shifted" for key in conv_module._WORKSPACE.arrays())
-    # one workspace per thread: another thread gets its own
-    seen = []
-    thread = threading.Thread(target=lambda: seen.append(conv_module._WORKSPACE._local.__dict__.get("arrays")))
-    thread.start()
-    thread.join()
-    assert seen == [None]
-
-
-def test_initialisation():
-    conv = Conv2d(64, 32, 3, rng=0)
-    assert conv.weight.data.shape == (32, 64, 3, 3) and conv.weight.data.dtype == np.float32
-    assert conv.bias.data.shape == (32,) and conv.bias.data.dtype == np.float32 and not conv.bias.data.any()
-    std = float(conv.weight.data.std())
-    assert abs(std - np.sqrt(2 / (64 * 9))) < 0.03 * np.sqrt(2 / (64 * 9))  # He: sqrt(2 / fan_in)
-    assert abs(float(conv.weight.data.mean())) < 0.05 * std
-    np.testing.assert_array_equal(Conv2d(64, 32, 3, rng=0).weight.data, conv.weight.data)  # seeded
-    np.random.seed(5)
-    a = Conv2d(2, 2, 3).weight.data
-    np.random.seed(5)
-    np.testing.assert_array_equal(Conv2d(2, 2, 3).weight.data, a)  # None: NumPy's global state
-    no_bias = Conv2d(3, 4, (1, 1), bias=False)
-    assert no_bias.bias is None and [n for n, _ in no_bias.named_parameters()] == ["weight"]
-    assert list(conv.state_dict()) == ["weight", "bias"]
-    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (0, 0)
-    assert "Conv2d(64, 32, kernel_size=(3, 3)" in repr(conv)
+    dy = rng.standard_normal(y.shape) + 0.5  # a mean away from 0: every db is large
+    conv.backward(dy)
+    expected = dy.sum(axis=(0, 2, 3))
+    assert np.abs(expected).min() > 1.0
+    np.testing.assert_allclose(conv.bias.grad, expected, rtol=1e-12)
+    reports = {r.name: r for r in check_module(conv, x)}
+    assert reports["bias"].checked == 5
 
 
 # -- parity with PyTorch ------------------------------------------------------------------
@@ -285,6 +326,305 @@ def test_parity_with_torch(case, dtype, torch, rng):
         assert ours.dtype == dtype and ours.shape == theirs.shape, name
         # float32: sums of up to a few hundred products, rounded in a different order
         np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * np.abs(theirs).max(), err_msg=name)
+
+
+# -- the algorithm switch -------------------------------------------------------------------
+def test_algorithm_defaults_and_auto_rule():
+    assert Conv2d(3, 4, 3).algorithm == "auto"
+    assert Conv2d(64, 64, 3).resolved_algorithm == "flat-flipped"  # C >= O: O rows stacked
+    assert Conv2d(64, 11, 3).resolved_algorithm == "flat-flipped"
+    assert Conv2d(3, 64, 7).resolved_algorithm == "flat-scatter"  # C < O: C rows stacked
+    assert Conv2d(64, 64, 3, stride=2).resolved_algorithm == "gathered"
+    assert Conv2d(64, 64, 3, stride=(1, 2)).resolved_algorithm == "gathered"
+    assert set(ALGORITHMS) >= {"flat-flipped", "flat-scatter", "gathered"}
+    assert all(spec.name == name and spec.about for name, spec in ALGORITHMS.items())
+
+
+def test_algorithm_is_settable_and_visible(rng):
+    conv = make_conv(4, 3, 3, padding=1, algorithm="flat-scatter")
+    assert conv.algorithm == conv.resolved_algorithm == "flat-scatter"
+    assert "algorithm='flat-scatter'" in repr(conv)
+    conv.algorithm = "gathered"
+    assert conv.resolved_algorithm == "gathered"
+    conv.algorithm = "auto"
+    assert conv.algorithm == "auto" and conv.resolved_algorithm == "flat-flipped"
+    assert "algorithm" not in repr(conv)
+
+
+def test_backward_uses_the_algorithm_of_its_forward(rng):
+    """Changing the switch between a forward and its backward changes nothing of that pair."""
+    x = rng.standard_normal((2, 3, 6, 7))
+    conv = make_conv(3, 4, 3, padding=1, algorithm="flat-flipped")
+    dy = rng.standard_normal(conv.forward(x).shape)
+    expected = run(conv, x, dy)
+    conv.zero_grad()
+    conv.forward(x)
+    conv.algorithm = "gathered"
+    dx = conv.backward(dy)
+    np.testing.assert_allclose(dx, expected[1], rtol=1e-12)
+    np.testing.assert_allclose(conv.weight.grad, expected[2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["bogus", "flipped", "", None, 3])
+def test_rejects_unknown_algorithm(name):
+    with pytest.raises(ValueError, match=r"Conv2d.*unknown algorithm.*expected one of 'auto', 'flat-flipped', "
+                                         r"'flat-scatter', 'gathered'"):
+        Conv2d(3, 4, 3, algorithm=name)
+    conv = Conv2d(3, 4, 3)
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        conv.algorithm = name
+    assert conv.algorithm == "auto"
+
+
+@pytest.mark.parametrize("name", ["flat-flipped", "flat-scatter"])
+def test_rejects_flat_algorithm_at_stride_above_one(name):
+    with pytest.raises(ValueError, match=rf"Conv2d.*stride=\(2, 2\).*'{name}' needs stride 1.*can use 'auto', "
+                                         r"'gathered'"):
+        Conv2d(3, 4, 3, stride=2, algorithm=name)
+    conv = Conv2d(3, 4, 3, algorithm=name)
+    conv.stride = (2, 2)  # changed behind the switch's back: the forward says so
+    with pytest.raises(ValueError, match=f"'{name}' needs stride 1"):
+        conv.forward(np.zeros((1, 3, 6, 6), np.float32))
+
+
+# -- grad mode, eval mode, frozen parameters, needs_input_grad -------------------------------
+def test_no_grad_forward_keeps_nothing_and_backward_says_why(rng):
+    conv = make_conv(2, 3, 3, padding=1)
+    x = rng.standard_normal((2, 2, 5, 5))
+    y_grad = make_conv(2, 3, 3, padding=1).forward(x)
+    with no_grad():
+        y = conv.forward(x)
+    np.testing.assert_array_equal(y, y_grad)  # same computation
+    assert conv._padded_input is None and conv._input_shape is None
+    with pytest.raises(RuntimeError, match=r"Conv2d.*backward called before forward.*no_grad"):
+        conv.backward(rng.standard_normal(y.shape))
+
+
+@pytest.mark.parametrize("algorithm", algorithms_for(1))
+@pytest.mark.parametrize("shape", ["same", "other"])
+def test_no_grad_forward_between_forward_and_backward_changes_nothing(algorithm, shape, rng):
+    """predict/summary in the middle of a step: the cache, and so the gradients, stay as they were."""
+    conv = make_conv(3, 4, 3, padding=1, algorithm=algorithm)
+    x = rng.standard_normal((2, 3, 6, 7))
+    dy = rng.standard_normal((2, 4, 6, 7))
+    expected = run(copy.deepcopy(conv), x, dy)
+    conv.forward(x)
+    cache = conv._padded_input
+    before = cache.copy()
+    other = rng.standard_normal((2, 3, 6, 7) if shape == "same" else (1, 3, 9, 5))
+    with no_grad():
+        y_other = conv.forward(other)
+    np.testing.assert_allclose(y_other, reference.conv2d(other, conv.weight.data, conv.bias.data, (1, 1), (1, 1)),
+                               rtol=1e-10, atol=1e-12)
+    assert conv._padded_input is cache and conv._input_shape == x.shape
+    np.testing.assert_array_equal(cache, before)  # not written into
+    dx = conv.backward(dy)
+    np.testing.assert_allclose(dx, expected[1], rtol=1e-12)
+    np.testing.assert_allclose(conv.weight.grad, expected[2], rtol=1e-12)
+    np.testing.assert_allclose(conv.bias.grad, expected[3], rtol=1e-12)
+
+
+def test_eval_mode_forward_then_backward(rng):
+    """Eval mode changes nothing a convolution computes: its backward works and agrees."""
+    conv = make_conv(3, 2, 3, padding=1)
+    x = rng.standard_normal((2, 3, 5, 6))
+    dy = rng.standard_normal((2, 2, 5, 6))
+    expected = run(conv, x, dy)
+    conv.eval()
+    assert conv.training is False
+    assert_results_close(run(conv, x, dy), expected, "eval", rtol=1e-14, atol=0)
+    check_module(conv, x)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_needs_input_grad_false_returns_none_and_same_parameter_gradients(stride, rng):
+    x = rng.standard_normal((2, 3, 7, 8))
+    for algorithm in algorithms_for(stride):
+        conv = make_conv(3, 4, 3, stride, 1, algorithm=algorithm)
+        dy = rng.standard_normal(conv.forward(x).shape)
+        _, _, dw, db = run(conv, x, dy)
+        first = make_conv(3, 4, 3, stride, 1, algorithm=algorithm, needs_input_grad=False)
+        assert first.needs_input_grad is False and "needs_input_grad=False" in repr(first)
+        first.forward(x)
+        assert first.backward(dy) is None, algorithm
+        np.testing.assert_allclose(first.weight.grad, dw, rtol=1e-12, err_msg=algorithm)
+        np.testing.assert_allclose(first.bias.grad, db, rtol=1e-12, err_msg=algorithm)
+        first.needs_input_grad = True  # a plain attribute
+        assert first.backward(dy).shape == x.shape
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_frozen_parameters_get_no_gradient(stride, rng):
+    x = rng.standard_normal((2, 3, 7, 8))
+    for algorithm in algorithms_for(stride):
+        conv = make_conv(3, 4, 3, stride, 1, algorithm=algorithm)
+        dy = rng.standard_normal(conv.forward(x).shape)
+        _, dx, dw, db = run(conv, x, dy)
+
+        conv.zero_grad()
+        conv.weight.requires_grad = False
+        conv.forward(x)
+        np.testing.assert_allclose(conv.backward(dy), dx, rtol=1e-12, err_msg=algorithm)
+        assert conv.weight.grad is None
+        np.testing.assert_allclose(conv.bias.grad, db, rtol=1e-12)
+
+        conv.zero_grad()
+        conv.weight.requires_grad, conv.bias.requires_grad = True, False
+        np.testing.assert_allclose(conv.backward(dy), dx, rtol=1e-12)
+        assert conv.bias.grad is None
+        np.testing.assert_allclose(conv.weight.grad, dw, rtol=1e-12)
+
+        conv.zero_grad()
+        conv.requires_grad_(False)  # the whole layer frozen: dx only
+        np.testing.assert_allclose(conv.backward(dy), dx, rtol=1e-12)
+        assert conv.weight.grad is None and conv.bias.grad is None
+        conv.needs_input_grad = False  # and nobody needs dx: nothing to do
+        assert conv.backward(dy) is None
+
+
+@pytest.mark.parametrize("algorithm", ["flat-flipped", "flat-scatter", "gathered"])
+def test_skipped_gradients_skip_their_matrix_products(algorithm, rng, monkeypatch):
+    """A frozen weight skips the dW GEMMs, needs_input_grad=False the dx GEMMs: counted."""
+    conv = make_conv(4, 4, 3, padding=1, algorithm=algorithm)
+    x = rng.standard_normal((2, 4, 6, 7))
+    dy = rng.standard_normal((2, 4, 6, 7))
+    conv.forward(x)
+    calls = []
+    matmul = np.matmul
+    monkeypatch.setattr(np, "matmul", lambda *a, **k: calls.append(1) or matmul(*a, **k))
+
+    def count(weight_frozen: bool, needs_input_grad: bool) -> int:
+        conv.weight.requires_grad, conv.needs_input_grad = not weight_frozen, needs_input_grad
+        calls.clear()
+        conv.backward(dy)
+        return len(calls)
+
+    full = count(False, True)
+    assert full > 0 and full % 2 == 0
+    assert count(True, True) == full // 2  # dx only
+    assert count(False, False) == full // 2  # dW only
+    assert count(True, False) == 0  # the bias sum is no GEMM
+
+
+# -- accumulation, dtypes, workspace ------------------------------------------------------
+def test_gradients_accumulate_and_zero_grad_clears(rng):
+    conv = make_conv(3, 4, 3, padding=1)
+    x = rng.standard_normal((2, 3, 5, 6))
+    y = conv.forward(x)
+    dy1, dy2 = rng.standard_normal(y.shape), rng.standard_normal(y.shape)
+    conv.backward(dy1)
+    g1 = conv.weight.grad.copy(), conv.bias.grad.copy()
+    conv.zero_grad()
+    assert conv.weight.grad is None and conv.bias.grad is None
+    conv.backward(dy2)
+    g2 = conv.weight.grad.copy(), conv.bias.grad.copy()
+    conv.zero_grad()
+    conv.backward(dy1)
+    conv.forward(x)  # a second micro-batch
+    conv.backward(dy2)
+    np.testing.assert_allclose(conv.weight.grad, g1[0] + g2[0], rtol=1e-12)
+    np.testing.assert_allclose(conv.bias.grad, g1[1] + g2[1], rtol=1e-12)
+
+
+def test_backward_is_linear_in_dy_and_leaves_inputs_alone(rng):
+    conv = make_conv(2, 3, 3, padding=1)
+    x = rng.standard_normal((2, 2, 4, 5))
+    x_before = x.copy()
+    y = conv.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dy_before = dy.copy()
+    dx = conv.backward(dy)
+    dx2 = conv.backward(2 * dy)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(dy, dy_before)
+    np.testing.assert_allclose(dx2, 2 * dx, rtol=1e-12)
+    assert not np.shares_memory(dx, dx2) and not np.shares_memory(y, conv.forward(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dtype_end_to_end(dtype, stride, rng):
+    clear_workspace()
+    conv = make_conv(3, 4, 3, stride, 1, dtype=dtype)
+    x = rng.standard_normal((2, 3, 6, 7)).astype(dtype)
+    y = conv.forward(x)
+    dx = conv.backward(rng.standard_normal(y.shape).astype(dtype))
+    assert y.dtype == dx.dtype == conv.weight.grad.dtype == conv.bias.grad.dtype == dtype
+    assert conv._padded_input.dtype == dtype
+    scratch = WORKSPACE.arrays()
+    assert scratch and all(a.dtype == dtype for a in scratch.values())  # no temporaries in another dtype
+
+
+def test_non_contiguous_input(rng):
+    conv = make_conv(3, 2, 3, padding=1)
+    x = rng.standard_normal((2, 6, 8, 10))[:, ::2, :, ::2]
+    np.testing.assert_allclose(conv.forward(x), conv.forward(np.ascontiguousarray(x)), rtol=1e-14)
+
+
+def test_workspace_is_reused_and_bounded(rng):
+    assert conv_module.clear_workspace is clear_workspace  # still importable from the layer's module
+    clear_workspace()
+    assert WORKSPACE.nbytes() == 0
+    conv = make_conv(4, 4, 7, padding=3, dtype=np.float32)
+    x = rng.standard_normal((2, 4, 10, 12)).astype(np.float32)
+    dy = rng.standard_normal((2, 4, 10, 12)).astype(np.float32)
+    conv.forward(x)
+    conv.backward(dy)
+    scratch = WORKSPACE.arrays()
+    ids = {k: id(a) for k, a in scratch.items()}
+    conv.forward(x)
+    conv.backward(dy)
+    assert {k: id(a) for k, a in scratch.items()} == ids  # same arrays, no new allocation
+    assert any(key[-1] == "conv.shifted" for key in scratch)
+    conv.max_workspace_bytes = 0  # no shifted copies at all
+    clear_workspace()
+    conv.forward(x)
+    conv.backward(dy)
+    assert not any(key[-1] == "conv.shifted" for key in WORKSPACE.arrays())
+    del conv.max_workspace_bytes  # back to the class default
+    assert conv.max_workspace_bytes == Conv2d.max_workspace_bytes > 0
+    # one workspace per thread: another thread starts with none
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(dict(WORKSPACE.arrays())))
+    thread.start()
+    thread.join()
+    assert seen == [{}] and WORKSPACE.arrays()
+
+
+def test_plan_tiling():
+    """The planner's rules (conv_tiling docstring), on numbers one can follow."""
+    # room for everything: every offset stacked, one block
+    assert plan_tiling(7, 64, 10_000, 600, 4, 2**30, 16384) == (7, 10_000)
+    # 64 MiB, 7 offsets of 64 float32 rows: 37 449 columns per stacked copy, minus the halo
+    g, block = plan_tiling(7, 64, 100_000, 1_476, 4, 64 * 2**20, 16384)
+    blocks = -(-100_000 // block)
+    assert g == 7 and blocks == 3 and block == -(-100_000 // 3)  # equal blocks
+    assert g * 64 * 4 * (block + 1_476) <= 64 * 2**20  # each block's copy fits the budget
+    # room for 5 of 7 offsets at the shortest block: 4 + 3, not 5 + 2
+    one = 64 * 4 * (16384 + 1_476)
+    assert plan_tiling(7, 64, 100_000, 1_476, 4, 5 * one, 16384)[0] == 4
+    # no budget: one shifted GEMM per offset over all columns, nothing copied
+    assert plan_tiling(7, 64, 100_000, 1_476, 4, 0, 16384) == (1, 100_000)
+
+
+def test_initialisation():
+    conv = Conv2d(64, 32, 3, rng=0)
+    assert conv.weight.data.shape == (32, 64, 3, 3) and conv.weight.data.dtype == np.float32
+    assert conv.bias.data.shape == (32,) and conv.bias.data.dtype == np.float32 and not conv.bias.data.any()
+    std = float(conv.weight.data.std())
+    assert abs(std - np.sqrt(2 / (64 * 9))) < 0.03 * np.sqrt(2 / (64 * 9))  # He: sqrt(2 / fan_in)
+    assert abs(float(conv.weight.data.mean())) < 0.05 * std
+    np.testing.assert_array_equal(Conv2d(64, 32, 3, rng=0).weight.data, conv.weight.data)  # seeded
+    np.random.seed(5)
+    a = Conv2d(2, 2, 3).weight.data
+    np.random.seed(5)
+    np.testing.assert_array_equal(Conv2d(2, 2, 3).weight.data, a)  # None: NumPy's global state
+    no_bias = Conv2d(3, 4, (1, 1), bias=False)
+    assert no_bias.bias is None and [n for n, _ in no_bias.named_parameters()] == ["weight"]
+    assert list(conv.state_dict()) == ["weight", "bias"]
+    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (0, 0)
+    assert conv.needs_input_grad is True and conv.algorithm == "auto"
+    assert "Conv2d(64, 32, kernel_size=(3, 3)" in repr(conv)
 
 
 # -- bad input ----------------------------------------------------------------------------
@@ -346,6 +686,7 @@ def test_rejects_wrong_gradient_shape(conv3):
         (dict(kernel_size=3, stride=0), ValueError),
         (dict(kernel_size=3, padding=-1), ValueError),
         (dict(kernel_size=3, in_channels=0), ValueError),
+        (dict(kernel_size=3, algorithm="im2col"), ValueError),
     ],
 )
 def test_rejects_bad_hyper_parameters(kwargs, error):
@@ -353,3 +694,46 @@ def test_rejects_bad_hyper_parameters(kwargs, error):
     args.update(kwargs)
     with pytest.raises(error, match="Conv2d"):
         Conv2d(**args)
+
+
+# -- GPU: CuPy against NumPy, on maps large enough for the multi-block tiling ---------------
+GPU_DEVICE = "cuda"  # a module constant, as in test_gpu.py: point it at "cpu" to exercise the harness
+
+# (dtype, (N, C, O, H, W, kernel, stride, padding), max_workspace_bytes or None for the class default)
+GPU_CASES = {
+    # SegNet-Basic's 7×7 64->64 layer at 180×240 under the default 64 MiB budget: 2 blocks
+    "float32-180x240-default-budget": (np.float32, (1, 64, 64, 180, 240, 7, 1, 3), None),
+    # smaller budgets in float64: two blocks *and* fewer offsets per GEMM (3 of 7, 2 of 3), C < O and C > O
+    "float64-8MiB-7x7-c16-o24": (np.float64, (2, 16, 24, 90, 121, 7, 1, 3), 8 * 2**20),
+    "float64-8MiB-3x3-c24-o8": (np.float64, (2, 24, 8, 90, 121, 3, 1, 1), 8 * 2**20),
+    # stride 2: the gathered windows, 3 of 7 offsets per GEMM
+    "float64-stride2-7x7": (np.float64, (2, 16, 8, 45, 61, 7, 2, 3), 600_000),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES.values(), ids=GPU_CASES.keys())
+def test_gpu_multi_block_tiling_matches_numpy(case):
+    dtype, (n, c, o, h, w, k, s, p), budget = case
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    dy = rng.standard_normal(output_shape((n, c, o, h, w, k, s, p))).astype(dtype)
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-11)
+    for algorithm in algorithms_for(s)[1:]:
+        conv = make_conv(c, o, k, s, p, dtype=dtype, algorithm=algorithm)
+        if budget is not None:
+            conv.max_workspace_bytes = budget
+        kw, rows, length, halo, itemsize = forward_plan_arguments(conv, x.shape)
+        g, block = plan_tiling(kw, rows, length, halo, itemsize, conv.max_workspace_bytes, conv.min_block_columns)
+        if algorithm != "gathered":
+            assert block < length, f"{algorithm}: one block ({g}, {block}): the case does not reach the tiling"
+        if budget is not None:
+            assert 1 < g < kw, f"{algorithm}: {g} of {kw} offsets per GEMM: the budget does not shrink the groups"
+        dev = copy.deepcopy(conv).to(GPU_DEVICE)
+        expected = run(conv, x, dy)
+        got = run(dev, to_device(x, GPU_DEVICE), to_device(dy, GPU_DEVICE))
+        for name, a, b in zip(["y", "dx", "dW", "db"], got, expected):
+            assert device_of(a) == GPU_DEVICE and a.dtype == dtype, f"{algorithm}: {name}"
+            scale = float(np.abs(b).max())
+            np.testing.assert_allclose(to_numpy(a), b, rtol=tolerance["rtol"], atol=tolerance["atol"] * scale,
+                                       err_msg=f"{algorithm}: {name}")

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from minisegnet.grad_mode import no_grad
 from minisegnet.gradcheck import gradcheck
 from minisegnet.layers.dropout import Dropout
 
@@ -25,13 +26,13 @@ def test_gradcheck_training_mode():
 
 
 def test_gradcheck_mc_sampling_in_eval_mode():
-    layer = Dropout(0.3).eval().requires_grad_(True)
+    layer = Dropout(0.3).eval()
     layer.mc_sampling = True
     check_with_fixed_mask(layer, random_map((1, 2, 3, 7)))
 
 
 def test_gradcheck_identity_in_eval_mode():
-    layer = Dropout(0.5).eval().requires_grad_(True)
+    layer = Dropout(0.5).eval()
     gradcheck(layer.forward, layer.backward, [random_map()])
 
 
@@ -60,17 +61,26 @@ def test_backward_uses_the_forward_mask():
     assert layer._keep_mask.dtype == np.bool_
 
 
-def test_eval_is_the_identity_and_keeps_nothing():
+def test_eval_is_the_identity_and_no_grad_keeps_nothing():
     layer = Dropout(0.5).eval()
     x = random_map()
-    assert layer.forward(x) is x
-    assert layer._keep_mask is None
+    with no_grad():
+        assert layer.forward(x) is x
+    assert layer._keep_mask is None and layer._output_shape is None
     with pytest.raises(RuntimeError, match="Dropout.backward called before forward"):
         layer.backward(np.ones_like(x))
-    layer.requires_grad_(True)
-    layer.forward(x)
+    assert layer.forward(x) is x  # eval, grad enabled: the identity, differentiable
     dy = random_map(seed=5)
     assert layer.backward(dy) is dy
+
+
+def test_no_grad_forward_between_forward_and_backward_keeps_the_mask():
+    layer = Dropout(0.5, seed=0)
+    x = np.ones((1, 4, 8, 8))
+    y = layer.forward(x)
+    with no_grad():
+        layer.forward(x)  # draws another mask, but keeps nothing
+    np.testing.assert_array_equal(layer.backward(np.ones_like(x)), y)
 
 
 def test_mc_sampling_is_active_in_eval_mode():
@@ -82,7 +92,10 @@ def test_mc_sampling_is_active_in_eval_mode():
     a, b = layer.forward(x), layer.forward(x)
     assert set(np.unique(a)) == {0.0, 2.0}
     assert not np.array_equal(a, b)  # a fresh mask per pass: that is what MC sampling averages over
-    assert layer._keep_mask is None  # eval: still no activations kept
+    np.testing.assert_array_equal(layer.backward(np.ones_like(x)), b)  # differentiable, with the last mask
+    with no_grad():
+        layer.forward(x)
+    np.testing.assert_array_equal(layer.backward(np.ones_like(x)), b)  # no_grad kept nothing new
 
 
 def test_p_zero_is_identity_even_in_training():

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from minisegnet.grad_mode import no_grad
 from minisegnet.gradcheck import gradcheck
 from minisegnet.layers.loss import NORMALIZE_MODES, SoftmaxCrossEntropy
 
@@ -164,18 +165,20 @@ def test_backward_needs_a_kept_forward():
     loss = SoftmaxCrossEntropy(ignore_index=IGNORE)
     with pytest.raises(RuntimeError, match="SoftmaxCrossEntropy.backward called before forward"):
         loss.backward()
-    loss.forward(logits, labels)
-    loss.backward()
-    with pytest.raises(RuntimeError, match="before forward"):  # the buffer was handed out
+    value = loss.forward(logits, labels)
+    first = loss.backward().copy()
+    with pytest.raises(RuntimeError, match="called twice after one forward"):  # the buffer was handed out
         loss.backward()
-    loss.eval()
-    value = loss.forward(logits, labels)  # eval: a value, no cache
-    assert loss._probs is None
-    with pytest.raises(RuntimeError, match="requires_grad"):
-        loss.backward()
-    loss.requires_grad_(True)
+    fresh = SoftmaxCrossEntropy(ignore_index=IGNORE)
+    with no_grad():
+        assert fresh.forward(logits, labels) == value  # a value, no cache
+    assert fresh._probs is None
+    with pytest.raises(RuntimeError, match="no_grad"):
+        fresh.backward()
     assert loss.forward(logits, labels) == value
-    assert loss.backward().shape == logits.shape
+    with no_grad():
+        loss.forward(logits[::-1].copy(), labels[::-1].copy())  # in between: changes nothing
+    np.testing.assert_array_equal(loss.backward(), first)
 
 
 # -- bad input -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from minisegnet.backend import DeviceUnavailableError, cuda_is_available
+from minisegnet.grad_mode import enable_grad, is_grad_enabled, no_grad
 from minisegnet.module import Module, Parameter, Sequential
 
 
@@ -24,7 +25,8 @@ class Scale(Module):
         if self._log is not None:
             self._log.append(f"forward {self._name}")
         self.calls = self.calls + 1  # re-assigning a buffer keeps it a buffer
-        self._input = x if self.requires_grad else None
+        if is_grad_enabled():
+            self._input = x
         return x * self.weight.data + self.bias.data
 
     def backward(self, dy):
@@ -114,17 +116,73 @@ def test_bare_module_has_no_computation():
 
 
 # -- modes -------------------------------------------------------------------------------------------------
-def test_train_eval_and_requires_grad_are_recursive():
+def test_train_and_eval_are_recursive_and_only_switch_training():
     net = Net()
-    assert all(m.training and m.requires_grad for m in net.modules())
+    assert all(m.training for m in net.modules())
     assert net.eval() is net
-    assert not any(m.training or m.requires_grad for m in net.modules())
-    net.requires_grad_(True)
-    assert all(m.requires_grad and not m.training for m in net.modules())
+    assert not any(m.training for m in net.modules())
+    assert all(p.requires_grad for p in net.parameters())  # eval() freezes nothing
     net.train()
-    assert all(m.training and m.requires_grad for m in net.modules())
+    assert all(m.training for m in net.modules())
     net.train(False)
     assert not any(m.training for m in net.modules())
+
+
+def test_eval_mode_forward_can_be_differentiated():
+    """PyTorch's semantics: eval() changes what is computed, not whether backward works."""
+    m = Scale(3).eval()
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    m.backward(np.ones_like(m(x)))
+    np.testing.assert_array_equal(m.weight.grad, x.sum(axis=0))
+
+
+def test_requires_grad_freezes_and_unfreezes_every_parameter():
+    net = Net()
+    assert net.requires_grad_(False) is net
+    assert not any(p.requires_grad for p in net.parameters())
+    p = net.parameters()[0]
+    p.accumulate_grad(np.ones_like(p.data))  # a frozen parameter ignores gradients
+    assert p.grad is None
+    net.requires_grad_(True)
+    p.accumulate_grad(np.ones_like(p.data))
+    assert p.grad is not None and all(q.requires_grad for q in net.parameters())
+
+
+def test_no_grad_is_a_thread_local_context_that_restores_on_exit_and_on_error():
+    import threading
+
+    assert is_grad_enabled()
+    with no_grad():
+        assert not is_grad_enabled()
+        with enable_grad():
+            assert is_grad_enabled()
+        assert not is_grad_enabled()
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(is_grad_enabled()))
+        thread.start()
+        thread.join()
+        assert seen == [True]  # another thread is not affected
+    assert is_grad_enabled()
+    with pytest.raises(ZeroDivisionError):
+        with no_grad():
+            1 / 0
+    assert is_grad_enabled()
+
+    @no_grad()
+    def infer():
+        return is_grad_enabled()
+
+    assert infer() is False and is_grad_enabled()
+
+
+def test_no_grad_forward_keeps_nothing_and_leaves_a_pending_backward_alone():
+    m = Scale(3)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    m(x)
+    with no_grad():
+        m(100 * x)  # an inference call between the forward and its backward
+    m.backward(np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(m.weight.grad, x.sum(axis=0))  # the first forward's input
 
 
 def test_zero_grad_clears_every_gradient():

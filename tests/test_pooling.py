@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minisegnet.grad_mode import no_grad
 from minisegnet.gradcheck import gradcheck
 from minisegnet.layers.pooling import MaxPool2d, MaxUnpool2d
 
@@ -336,20 +337,23 @@ def test_any_window_matches_reference(shape, k, s, ceil_mode, seed):
 
 
 # -- modes and caches --------------------------------------------------------------------------------------
-def test_eval_forward_keeps_nothing_and_backward_raises(tie_free):
+def test_no_grad_forward_keeps_nothing_and_backward_raises(tie_free):
     x = tie_free((1, 1, 4, 4))
-    pool, unpool = MaxPool2d().eval(), MaxUnpool2d().eval()
-    y, idx = pool(x)  # the decoder still needs the indices at inference
-    assert idx.shape == y.shape
-    unpool(y, idx, x.shape)
+    pool, unpool = MaxPool2d(), MaxUnpool2d()
+    with no_grad():
+        y, idx = pool(x)  # the decoder still needs the indices at inference
+        assert idx.shape == y.shape
+        unpool(y, idx, x.shape)
     assert pool._argmax is None and unpool._argmax is None
     with pytest.raises(RuntimeError, match="MaxPool2d.backward called before forward"):
         pool.backward(np.ones_like(y))
     with pytest.raises(RuntimeError, match="MaxUnpool2d.backward called before forward"):
         unpool.backward(np.ones_like(x))
-    pool.requires_grad_(True)
-    pool(x)
-    assert pool.backward(np.ones_like(y)).shape == x.shape
+    pool.eval()
+    pool(x)  # eval mode, grad enabled: differentiable
+    with no_grad():
+        pool(-x)  # other maxima, but nothing kept
+    np.testing.assert_array_equal(pool.backward(np.ones_like(y)), (x == y.repeat(2, 2).repeat(2, 3)).astype(x.dtype))
 
 
 def test_backward_before_forward_raises():

@@ -1,8 +1,10 @@
-"""The training loop: learning, exact resumption, files, time budget, evaluation, BN statistics.
+"""The training loop: learning, exact resumption, files, time budget, the order of its preparation.
 
 Everything runs on tiny synthetic data (a few 32×48 scenes) and a tiny SegNet-Basic
 (8 channels, 3×3 kernels), so the file takes seconds; one test trains on real CamVid for a few
-minutes and is skipped without the data.
+minutes and is skipped without the data.  ``evaluate`` and the BatchNorm recomputation are
+tested in test_evaluation.py, the pieces of a run in test_config.py, test_budget.py and
+test_run_folder.py.
 """
 from __future__ import annotations
 
@@ -15,10 +17,7 @@ import pytest
 from PIL import Image
 
 from minisegnet.checkpoint import load_model, read_checkpoint
-from minisegnet.data import ArrayDataset, BatchLoader
-from minisegnet.layers import BatchNorm2d, Conv2d
-from minisegnet.models import SegNetBasic
-from minisegnet.train import TrainConfig, Trainer, evaluate, recompute_bn_statistics, train
+from minisegnet.train import TrainConfig, Trainer, train
 
 TINY = dict(
     model="segnet-basic", channels=8, kernel_size=3, dataset="synthetic", synthetic_train=16, synthetic_val=8,
@@ -130,6 +129,70 @@ def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
         Trainer(tiny_config(tmp_path, epochs=1, resume=str(junk)), progress=False)
 
 
+def test_bare_resume_takes_the_settings_and_the_length_from_the_checkpoint(tmp_path):
+    first = train(tiny_config(tmp_path, epochs=1, figure=False), progress=False)
+    # No length, no model, no data: a bare resume. The check "give epochs, minutes or max_steps"
+    # sees the merged settings, so the run goes on as it was planned.
+    trainer = Trainer(TrainConfig(out_dir=str(tmp_path / "run"), resume="auto", figure=False), progress=False)
+    assert trainer.config.epochs == 1 and trainer.config.channels == 8 and trainer.config.dataset == "synthetic"
+    assert trainer.config.size == (32, 48) and trainer.step == first.steps
+    result = trainer.fit()
+    assert result.stopped_by == "epochs" and result.steps == first.steps
+
+
+def test_resume_survives_a_half_written_last_log_line(tmp_path):
+    common = dict(epochs=2, figure=False)
+    train(tiny_config(tmp_path, max_steps=4, **common), progress=False)
+    log = tmp_path / "run" / "log.jsonl"
+    with open(log, "a", encoding="utf-8") as f:
+        f.write('{"step": 5, "epoch": 1.25, "lo')  # the process was killed in the middle of this write
+    with pytest.warns(RuntimeWarning, match=r"log\.jsonl: line \d+ is incomplete"):
+        resumed = train(tiny_config(tmp_path, resume="auto", **common), progress=False)
+    assert resumed.steps == 8
+    records = [json.loads(line) for line in open(log, encoding="utf-8")]  # every line is a record again
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 9))
+
+
+# -- preparation -------------------------------------------------------------------------------
+def test_the_output_folder_is_checked_before_the_data_is_read(tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file where the run folder should go")
+    # The data folder is missing too, but the output folder is checked first: before minutes of decoding.
+    with pytest.raises(NotADirectoryError, match="output folder .*taken"):
+        Trainer(TrainConfig(out_dir=str(blocker), dataset="camvid", data_dir=str(tmp_path / "nope"), epochs=1),
+                progress=False)
+
+
+def test_a_failed_start_leaves_the_previous_log_alone(tmp_path):
+    first = train(tiny_config(tmp_path, epochs=1, figure=False), progress=False)
+    before = Path(first.log).read_text()
+    with pytest.raises(FileNotFoundError):
+        Trainer(tiny_config(tmp_path, dataset="camvid", data_dir=str(tmp_path / "nope"), epochs=1), progress=False)
+    assert Path(first.log).read_text() == before
+
+
+def test_initial_weights_come_from_the_seed_alone(tmp_path):
+    before = np.random.get_state()
+    a = Trainer(tiny_config(tmp_path, "a", epochs=1), progress=False).model.state_dict()
+    after = np.random.get_state()
+    assert all(np.array_equal(x, y) for x, y in zip(before[1:], after[1:]))  # NumPy's global generator untouched
+    np.random.seed(123)  # ... and it plays no part
+    b = Trainer(tiny_config(tmp_path, "b", epochs=1), progress=False).model.state_dict()
+    c = Trainer(tiny_config(tmp_path, "c", epochs=1, seed=1), progress=False).model.state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_the_training_step_does_not_differentiate_the_image(tmp_path, monkeypatch):
+    calls = []
+    trainer = Trainer(tiny_config(tmp_path, max_steps=1, figure=False), progress=False)
+    backward = trainer.model.backward
+    monkeypatch.setattr(trainer.model, "backward", lambda *a, **kw: calls.append(kw) or backward(*a, **kw),
+                        raising=False)
+    trainer.fit()
+    assert calls == [{"input_grad": False}]
+
+
 # -- time budget -------------------------------------------------------------------------------
 def test_time_budget_is_respected(tmp_path):
     budget = 0.15  # minutes: the whole call, data preparation and final evaluation included
@@ -173,92 +236,7 @@ def test_missing_camvid_folder_is_refused(tmp_path):
         Trainer(tiny_config(tmp_path, dataset="camvid", data_dir=str(tmp_path / "nope"), epochs=1), progress=False)
 
 
-# -- evaluation --------------------------------------------------------------------------------
-class _Oracle:
-    """A stand-in model that reads the label hidden in the red channel of each image."""
-
-    device = "cpu"
-
-    def predict(self, x):
-        return np.rint(x[:, 0] * 255.0 / 20.0).astype(np.int64)
-
-
-def _labelled_dataset(rng, n=6, h=24, w=32):
-    labels = rng.integers(0, 11, size=(n, h, w)).astype(np.uint8)
-    labels[:, :4, :4] = 11  # some void
-    images = np.zeros((n, h, w, 3), dtype=np.uint8)
-    images[..., 0] = np.minimum(labels, 10) * 20
-    return ArrayDataset(images, labels)
-
-
-def test_evaluate_scores_a_perfect_and_a_constant_model(rng):
-    data = _labelled_dataset(rng)
-    loader = BatchLoader(data, 4)
-    perfect = evaluate(_Oracle(), loader, boundary=True)
-    assert perfect["global_accuracy"] == perfect["class_accuracy"] == perfect["mean_iou"] == 1.0
-    assert perfect["boundary_f1"] == 1.0 and perfect["num_images"] == 6
-    assert perfect["per_class_iou"] == [1.0] * 11
-
-    class Road(_Oracle):
-        def predict(self, x):
-            return np.full((x.shape[0],) + x.shape[2:], 3, dtype=np.int64)
-
-    road = evaluate(Road(), loader)
-    valid = data.labels != 11
-    assert road["global_accuracy"] == pytest.approx(np.mean(data.labels[valid] == 3))
-    assert road["class_accuracy"] == pytest.approx(1 / 11)
-    assert np.isnan(road["boundary_f1"])  # not asked for
-    cm = np.asarray(road["confusion_matrix"])
-    assert cm.sum() == valid.sum() and cm[:, 3].sum() == valid.sum()
-
-
-def test_evaluate_a_real_model_leaves_its_mode_alone(rng):
-    model = SegNetBasic(channels=4, kernel_size=3)
-    model.train()
-    scores = evaluate(model, BatchLoader(_labelled_dataset(rng), 4))
-    assert 0.0 <= scores["mean_iou"] <= 1.0 and 0.0 <= scores["global_accuracy"] <= 1.0
-    assert model.training and all(m.training for m in model.modules())
-
-
-def test_evaluate_with_monte_carlo_dropout(rng):
-    model = SegNetBasic(channels=4, kernel_size=3, dropout=0.5)
-    loader = BatchLoader(_labelled_dataset(rng, n=4), 4)
-    once = evaluate(model, loader)
-    sampled = evaluate(model, loader, samples=3)
-    assert sampled["num_images"] == once["num_images"] == 4
-    assert 0.0 <= sampled["global_accuracy"] <= 1.0
-
-
 # -- BatchNorm statistics ----------------------------------------------------------------------
-def test_recompute_bn_statistics_averages_the_batch_statistics(rng):
-    images = rng.integers(0, 256, size=(12, 16, 24, 3)).astype(np.uint8)
-    data = ArrayDataset(images, np.zeros((12, 16, 24), dtype=np.uint8))
-    loader = BatchLoader(data, 4, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3])
-    model = SegNetBasic(channels=4, kernel_size=3, dropout=0.5)
-    conv = next(m for m in model.modules() if isinstance(m, Conv2d))
-    bn = next(m for m in model.modules() if isinstance(m, BatchNorm2d))
-    momentum = bn.momentum
-    model.eval()
-
-    used = recompute_bn_statistics(model, loader)
-
-    assert used == 3
-    # The first BatchNorm sees conv1(x): its new statistics are the average over the batches of
-    # the batch mean and of the unbiased batch variance, per channel.
-    means, variances = [], []
-    for x, _ in loader.iter_epoch(0):
-        y = conv.forward(x).astype(np.float64)
-        means.append(y.mean(axis=(0, 2, 3)))
-        variances.append(y.var(axis=(0, 2, 3), ddof=1))
-    np.testing.assert_allclose(bn.running_mean, np.mean(means, axis=0), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(bn.running_var, np.mean(variances, axis=0), rtol=1e-4, atol=1e-5)
-    # ... which, with equal batches, makes the mean that of the whole data set
-    everything = conv.forward(np.concatenate([x for x, _ in loader.iter_epoch(0)])).astype(np.float64)
-    np.testing.assert_allclose(bn.running_mean, everything.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
-    # the model is back in eval mode with its layers' momentum
-    assert bn.momentum == momentum and not any(m.training for m in model.modules())
-
-
 def test_recompute_bn_option_records_a_final_evaluation(tmp_path):
     result = train(tiny_config(tmp_path, epochs=1, recompute_bn=True, figure=False), progress=False)
     assert [r.get("bn_recomputed", False) for r in result.history] == [False, True]

@@ -126,6 +126,38 @@ def test_training_curves_from_records_and_jsonl(tmp_path):
     assert size == (1000, 380)
     _, size = read_png(viz.training_curves([], tmp_path / "empty.png"))  # nothing logged yet still draws
     assert size == (1000, 380)
+    log.write_text(log.read_text() + '{"step": 61, "lo')  # a run killed while logging
+    with pytest.warns(RuntimeWarning, match="log.jsonl: line .* incomplete"):
+        assert viz.read_log(log) == records
+
+
+def test_save_prediction_writes_labels_overlay_ids_and_uncertainty(tmp_path):
+    image = np.full((12, 16, 3), 100, dtype=np.uint8)
+    labels = labels_hw(12, 16).astype(np.uint8)
+    files = viz.save_prediction(tmp_path / "out", "street", image, labels, palette=PALETTE)
+    assert set(files) == {"labels", "overlay", "ids"} and files["ids"].endswith("street_ids.png")
+    np.testing.assert_array_equal(read_png(files["labels"])[0], PALETTE[labels])
+    np.testing.assert_array_equal(read_png(files["overlay"])[0], viz.overlay(image, labels, palette=PALETTE))
+    with Image.open(files["ids"]) as im:
+        assert im.mode == "L"
+        np.testing.assert_array_equal(np.asarray(im), labels)  # the raw class indices, one byte a pixel
+    with_spread = viz.save_prediction(tmp_path / "out", "b", image, labels, np.random.default_rng(0).random((12, 16)),
+                                      palette=PALETTE)
+    assert read_png(with_spread["uncertainty"])[1] == (16, 12)
+    with pytest.raises(ValueError, match="0..255"):
+        viz.save_ids_png(tmp_path / "x.png", np.array([[0, 300]]))
+
+
+def test_training_figure_stacks_curves_over_the_grid_in_one_write(tmp_path):
+    records = [{"step": s, "loss": 1.0 / s} for s in range(1, 30)] + [{"epoch": 1.0, "val_mean_iou": 0.3}]
+    images = np.random.default_rng(3).integers(0, 256, size=(2, 12, 16, 3)).astype(np.uint8)
+    targets = np.stack([labels_hw(12, 16)] * 2)
+    path = viz.training_figure(records, images, targets, np.clip(targets, 0, 10), tmp_path / "figure.png",
+                               title="run", max_rows=2)
+    _, (width, height) = read_png(path)
+    _, (curves_w, curves_h) = read_png(viz.training_curves(records, tmp_path / "curves.png", title="run"))
+    assert width == max(curves_w, 3 * 260) and height > curves_h
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "figure.png"]  # no temporary files
 
 
 def test_class_legend(tmp_path):

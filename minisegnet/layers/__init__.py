@@ -2,8 +2,11 @@
 from .activation import ReLU
 from .batchnorm import BatchNorm2d
 from .conv import Conv2d
+from .conv_transpose import ConvTranspose2d
 from .dropout import Dropout
 from .loss import SoftmaxCrossEntropy
 from .pooling import MaxPool2d, MaxUnpool2d
+from .upsample import Upsample
 
-__all__ = ["Conv2d", "BatchNorm2d", "ReLU", "Dropout", "MaxPool2d", "MaxUnpool2d", "SoftmaxCrossEntropy"]
+__all__ = ["Conv2d", "BatchNorm2d", "ReLU", "Dropout", "MaxPool2d", "MaxUnpool2d", "SoftmaxCrossEntropy",
+           "ConvTranspose2d", "Upsample"]

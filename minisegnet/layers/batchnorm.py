@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import device_of, get_array_module
+from ..grad_mode import is_grad_enabled
 from ..module import Module, Parameter
 from ..validation import check_feature_map, check_grad_shape, require_cache
 
@@ -85,7 +86,8 @@ class BatchNorm2d(Module):
     Within each channel the gradient has zero mean and (up to ``eps``) is orthogonal to
     ``xhat``: shifting or scaling a channel's input cannot change its normalised output.
 
-    Caches (kept only when ``self.requires_grad``; ``None`` otherwise): ``self._xhat`` the
+    Caches (stored by a forward outside ``minisegnet.no_grad()``; a forward inside it
+    leaves the stored ones untouched): ``self._xhat`` the
     normalised input, ``self._inv_std`` the per-channel ``1/sigma`` that was used, and
     ``self._used_batch_stats`` which of the two backward formulas applies (the mode of the
     *forward*, whatever the mode is when backward runs).
@@ -94,11 +96,19 @@ class BatchNorm2d(Module):
     full-size buffer, its per-channel sum of squares comes from ``einsum`` (no squared
     temporary), and it is then normalised in place into ``xhat``.  The ``xhat`` buffer
     is the layer's own and is reused by the next forward of the same shape, so a
-    training forward allocates only ``y`` (without ``requires_grad`` the centred buffer
+    training forward allocates only ``y`` (under ``no_grad`` the centred buffer is new and
     becomes ``y`` itself) and a backward allocates only ``dx``.  (Two passes, not the one-pass ``E[x^2] - E[x]^2``,
     which cancels catastrophically in float32.)  Arithmetic follows the
-    input's dtype: parameters and buffers are read in that dtype (float64 input stays
-    float64 end to end).
+    layer's dtype: an input of another dtype is refused with a clear error, as
+    :class:`~minisegnet.layers.Conv2d` refuses it (convert the layer with ``.double()`` /
+    ``.float()``, or the input), so a float64 gradient check cannot silently run through
+    float32 statistics.
+
+    Train / eval.  ``train()``: batch statistics, running statistics updated.  ``eval()``:
+    the running statistics, nothing updated; the layer is then the per-channel affine map
+    ``y = gamma (x - running_mean) / sqrt(running_var + eps) + beta`` and its backward is
+    ``dx = dy * gamma / sigma`` (the second formula above).  Both can be differentiated.
+    A frozen parameter (``requires_grad = False``) gets no gradient.
 
     Parameters ``weight`` (ones) and ``bias`` (zeros), buffers ``running_mean`` (zeros),
     ``running_var`` (ones), ``num_batches_tracked`` (a 0-d int64), all created in float32
@@ -137,8 +147,14 @@ class BatchNorm2d(Module):
                 f"{_LAYER}: input is on {device_of(x)!r} but the layer's parameters are on "
                 f"{device_of(self.weight.data)!r}; move one of them (module.to(...))"
             )
+        if x.dtype != self.weight.data.dtype:
+            raise TypeError(
+                f"{_LAYER}({self.num_features}): expected an input of the layer's dtype {self.weight.data.dtype}, "
+                f"got {x.dtype} (convert the input, or the layer with .double() / .float())"
+            )
         dtype = x.dtype
         n, c, h, w = x.shape
+        keep = is_grad_enabled()
         m = n * h * w
         gamma = self.weight.data.astype(dtype, copy=False)
         beta = self.bias.data.astype(dtype, copy=False)
@@ -150,16 +166,16 @@ class BatchNorm2d(Module):
                     f"(N*H*W > 1), got input of shape {tuple(x.shape)}"
                 )
             mean = x.mean(axis=(0, 2, 3))  # (C,), in x's dtype
-            centred = xp.subtract(x, _per_channel(mean), out=self._buffer_for(x))  # becomes xhat (or y)
+            centred = xp.subtract(x, _per_channel(mean), out=self._buffer_for(x, keep))  # becomes xhat (or y)
             var = xp.einsum("nchw,nchw->c", centred, centred) / m  # biased; no squared temporary
             self._update_running_stats(mean, var, m)
         else:
             mean = self.running_mean.astype(dtype, copy=False)
             var = self.running_var.astype(dtype, copy=False)
-            centred = xp.subtract(x, _per_channel(mean), out=self._buffer_for(x))
+            centred = xp.subtract(x, _per_channel(mean), out=self._buffer_for(x, keep))
         inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,)
 
-        if self.requires_grad:
+        if keep:
             xhat = centred
             xhat *= _per_channel(inv_std)
             y = xhat * _per_channel(gamma)
@@ -168,21 +184,23 @@ class BatchNorm2d(Module):
         else:  # no cache: turn the centred buffer into y in place
             y = centred
             y *= _per_channel(gamma * inv_std)
-            y += _per_channel(beta)
-            self._xhat = self._inv_std = self._used_batch_stats = None
+            y += _per_channel(beta)  # the caches of an earlier forward stay as they were
         return y
 
-    def _buffer_for(self, x):
+    def _buffer_for(self, x, keep: bool):
         """The full-size buffer that becomes ``xhat``: last step's when it fits, else a new one.
 
         ``self._xhat`` never leaves the layer, so the next forward may overwrite it (one
-        large allocation, and its page faults, less per step).  Without ``requires_grad``
-        the buffer becomes the returned ``y``, so it is always new.
+        large allocation, and its page faults, less per step).  Under ``no_grad`` the
+        buffer becomes the returned ``y`` and the stored ``xhat`` must survive, so it is
+        always new.
         """
         xp = get_array_module(x)
+        if not keep:
+            return xp.empty(x.shape, dtype=x.dtype)
         old = self._xhat
         self._xhat = None
-        if self.requires_grad and old is not None and old.shape == x.shape and old.dtype == x.dtype \
+        if old is not None and old.shape == x.shape and old.dtype == x.dtype \
                 and get_array_module(old) is xp:
             return old
         return xp.empty(x.shape, dtype=x.dtype)
@@ -206,21 +224,23 @@ class BatchNorm2d(Module):
         xp = get_array_module(dy)
         dtype = xhat.dtype
         gamma = self.weight.data.astype(dtype, copy=False)
-        dbeta = dy.sum(axis=(0, 2, 3))
-        dgamma = xp.einsum("nchw,nchw->c", dy, xhat)
         scale = gamma * self._inv_std  # gamma / sigma, per channel
+        if not self._used_batch_stats:  # eval-mode forward: an affine map per channel
+            if self.weight.requires_grad:
+                self.weight.accumulate_grad(xp.einsum("nchw,nchw->c", dy, xhat))
+            if self.bias.requires_grad:
+                self.bias.accumulate_grad(dy.sum(axis=(0, 2, 3)))
+            return dy * _per_channel(scale)
 
-        if self._used_batch_stats:
-            n, _, h, w = xhat.shape
-            m = n * h * w
-            # dx = (gamma/sigma) * (dy - dbeta/m - xhat * dgamma/m), one full-size buffer
-            dx = xhat * _per_channel(dgamma / m)
-            dx += _per_channel(dbeta / m)
-            xp.subtract(dy, dx, out=dx)
-            dx *= _per_channel(scale)
-        else:
-            dx = dy * _per_channel(scale)
-
+        dbeta = dy.sum(axis=(0, 2, 3))  # needed by dx even when the parameters are frozen
+        dgamma = xp.einsum("nchw,nchw->c", dy, xhat)
+        n, _, h, w = xhat.shape
+        m = n * h * w
+        # dx = (gamma/sigma) * (dy - dbeta/m - xhat * dgamma/m), one full-size buffer
+        dx = xhat * _per_channel(dgamma / m)
+        dx += _per_channel(dbeta / m)
+        xp.subtract(dy, dx, out=dx)
+        dx *= _per_channel(scale)
         self.weight.accumulate_grad(dgamma)
         self.bias.accumulate_grad(dbeta)
         return dx

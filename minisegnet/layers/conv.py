@@ -31,7 +31,12 @@ padded grid, zero at the cropped positions)::
     dL/dx_ij = W_ij^T @ dy, and x_ij is x read s_ij columns later, so it lands there:
     dx[:, t] = sum_ij W_ij^T dy[:, t - s_ij]
 
-The last line can be computed two ways, and the layer uses both:
+The three lines are independent, so each is computed only when someone needs it: a frozen
+``weight`` (``weight.requires_grad = False``) skips the ``dW`` products, a frozen ``bias``
+the sum, and ``needs_input_grad=False`` (a network's first layer: nobody needs d image)
+skips ``dx``, about half the backward's arithmetic.
+
+The last line can be computed two ways, and the layer has both:
 
 * **scatter**: compute ``W_ij^T @ dy`` (C × L) and add it into ``dx[:, s_ij : s_ij + L]``
   for every offset (k² in-place additions of a C-row array);
@@ -43,12 +48,18 @@ The last line can be computed two ways, and the layer uses both:
   the cropped positions keep the flat layout's wrap-around from leaking between rows or
   images.
 
-"flipped" multiplies matrices with O rows stacked (good when C >= O: every 64->64 layer,
-the classifier); "scatter" multiplies with C rows stacked (good when C < O: the 3->64
-input layer, where "flipped" would run GEMMs with 3 output rows).  Measured, one thread,
-float32, batch 4: backward of 64->64 7×7 on 45×60, flipped 166 ms vs scatter 184 ms; of
-3->64 7×7 on 90×120, scatter 59 ms vs flipped 215 ms; of 64->11 7×7 on 90×120, flipped
-143 ms vs scatter 344 ms.
+"flipped" multiplies matrices with O rows stacked, which is good when C >= O (every 64->64
+layer, the classifier); "scatter" multiplies with C rows stacked, good when C < O (the
+3->64 input layer, where "flipped" would run GEMMs with 3 output rows).  ``"auto"`` picks
+by that rule (timings of both forms: ``BENCHMARKS.md``).
+
+Stride > 1
+----------
+The shifted input is then a strided window ``x_pad[:, :, i::sh, j::sw]``, not a flat
+slice, so each group of offsets is *gathered* into a reused (g·C) × (N·Ho·Wo) buffer and
+the same GEMMs run; the backward ("scatter") adds ``W_ij^T dy`` back through the same
+strided views (``+=`` on a strided slice is safe: within one offset no two outputs share
+an input pixel).
 
 Memory, and why not im2col
 --------------------------
@@ -58,64 +69,61 @@ of 4 in float32 that matrix is 4 · (64·9) · 360·480 · 4 B = 1.6 GB (8.7 GB 
 SegNet-Basic's 7×7 kernels), built again in the backward.  Here the extra memory is the
 padded channel-major copy of the input (kept for the backward, about the size of ``x``),
 a few output- or input-sized scratch arrays, and the optional shifted-copy buffer below,
-capped by ``Conv2d.max_workspace_bytes``.
+capped by ``Conv2d.max_workspace_bytes``.  Speed agrees with memory: on SegNet's layers
+im2col's kh·kw-fold copy costs more memory traffic than its single GEMM saves; it wins
+only where its matrix is small (the 3-channel input layer, 512-channel layers on the
+smallest maps).  Measured: ``BENCHMARKS.md``.
 
-Speed: stacking the horizontal offsets
---------------------------------------
-A GEMM with inner dimension C = 64 runs well below BLAS peak, and each of the 49 adds
-into the output.  So the ``g`` horizontal shifts ``j0 .. j0+g-1`` of ``X`` are copied once,
-stacked, into a (g·C) × (L + (kh-1)·Wp) buffer; since the next kernel row is the same data
-``Wp`` columns later, that one buffer serves *every* kernel row as a view: a 7×7 layer
-costs 7 GEMMs of inner dimension 7·C instead of 49 of inner dimension C.  The buffer holds
-``g`` shifted copies of the input (``1/kh`` of im2col when ``g = kw``).  To keep it within
-``max_workspace_bytes`` (64 MiB) on large maps, the output columns are cut into equal
-*blocks*, each computed from its own stacked copy (block plus the ``(kh-1)·Wp`` columns the
-lower kernel rows reach): the GEMMs stay 7·C deep and only get shorter, which costs nothing
-measurable (a whole SegNet-Basic step at 4×180×240 took the same time with a 256 MiB and
-a 64 MiB budget: 2 and 6 blocks for the 64-channel 180×240 layer).  Only when a block of
-16 384 columns would not fit does ``g`` shrink; ``g = 1`` copies nothing.
-Measured with ``benchmarks/bench_conv.py --threads 1 --cpu-time --variants`` (2-core AMD
-EPYC, OpenBLAS 0.3.31, float32, batch 4), forward of 64->64 7×7:
+Speed: deeper GEMMs (:mod:`minisegnet.layers.conv_tiling`)
+-----------------------------------------------------------
+A GEMM with inner dimension C = 64 runs well below BLAS peak, so the horizontal offsets of
+a kernel row are copied once, stacked, and serve every kernel row as a view: a 7×7 layer
+runs 7 GEMMs of inner dimension 7·C instead of 49 of inner dimension C.  The copy is capped
+by ``max_workspace_bytes`` (0: nothing is stacked); :mod:`~minisegnet.layers.conv_tiling`
+plans it, and :mod:`minisegnet.workspace` keeps the scratch arrays between calls.  On CuPy,
+``cupy.matmul`` copies a non-contiguous operand before calling cuBLAS, so there each
+shifted view becomes a transient contiguous copy of one slice: still no im2col matrix.
 
-    map        grouped (g = 7)   plain (49 GEMMs)   im2col   torch (oneDNN)
-    45×60           115 ms            190 ms          252 ms      59 ms
-    90×120          400 ms            543 ms         1173 ms     232 ms
+Algorithms: ``Conv2d(..., algorithm=...)``
+------------------------------------------
+Each formulation above is a named entry of :data:`ALGORITHMS`:
 
-im2col loses on these layers because its 49-fold copy costs more memory traffic than its
-single GEMM saves; it wins only where its matrix is small: the 3-channel input layer (by
-1.9×) and 512-channel layers on 23×30 and 12×15 maps (by 10-30 %).  Forward + backward
-took 1.4-1.6× torch's time on the 7×7 64->64 layers and 1.0-1.7× on the others (table in
-the benchmark).
+``"flat-flipped"``  stride 1: column slices of the flat padded grid; dx by the flipped kernel.
+``"flat-scatter"``  stride 1: the same forward; dx scattered back through the shifted slices.
+``"gathered"``      any stride: strided windows gathered into a buffer; dx scattered back.
 
-Large scratch arrays are kept between calls (:class:`_Workspace`), shared by all layers:
-with NumPy a fresh 100 MB array costs page faults (and huge-page compaction) every step.
-On CuPy, ``cupy.matmul`` copies a non-contiguous operand before calling cuBLAS, so there
-each shifted view becomes a transient contiguous copy of one slice: still no im2col matrix.
+``"auto"`` (the default) takes ``"gathered"`` for stride > 1, else ``"flat-flipped"`` when
+C >= O and ``"flat-scatter"`` when C < O.  ``conv.algorithm`` is what was asked for,
+``conv.resolved_algorithm`` what runs; ``conv.algorithm`` can be changed at any time (a
+backward uses the algorithm of the forward it differentiates).  Another formulation (Winograd for 3×3
+kernels, im2col for tiny channel counts, contiguous operands for CuPy) is one more
+:class:`Algorithm` entry with its forward, its backward and the layers it can serve, and
+a line in :meth:`Conv2d._choose_algorithm` if "auto" should pick it.
 
-Stride > 1
-----------
-The shifted input is then a strided window ``x_pad[:, :, i::sh, j::sw]``, not a flat
-slice, so each group of offsets is gathered into a reused (g·C) × (N·Ho·Wo) buffer and
-the same GEMMs run; the backward ("scatter") adds ``W_ij^T dy`` back through the same
-strided views (``+=`` on a strided slice is safe: within one offset no two outputs share
-an input pixel).
-
-Train / eval
-------------
-The layer computes the same thing in both modes.  It keeps the padded input
-(``self._padded_input``) for the backward only while ``self.requires_grad`` is set.
+What is kept for the backward
+-----------------------------
+Train and eval mode compute the same thing (a convolution has no mode).  A forward keeps
+the padded input (``self._padded_input``) for the backward while gradients are enabled;
+inside ``with minisegnet.no_grad():`` it keeps nothing and leaves what an earlier forward
+kept untouched (it pads into scratch instead), so an inference call between a forward and
+its backward changes nothing.
 """
 from __future__ import annotations
 
-import threading
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import numpy as np
 
 from ..backend import get_array_module
+from ..grad_mode import is_grad_enabled
 from ..module import Module, Parameter
 from ..validation import check_feature_map, check_grad_shape, require_cache
+from ..workspace import WORKSPACE, clear_workspace
+from .conv_tiling import flat_windows, gathered_windows, row_weights
 
-__all__ = ["Conv2d", "clear_workspace"]
+__all__ = ["Conv2d", "Algorithm", "ALGORITHMS", "clear_workspace"]
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -131,50 +139,28 @@ def _pair(value, name: str) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-class _Workspace:
-    """Scratch arrays kept between calls, per thread, device, dtype and role.
+@dataclass(frozen=True)
+class Algorithm:
+    """One named way to compute a :class:`Conv2d`: an entry of :data:`ALGORITHMS`.
 
-    All Conv2d layers share it (they run one after another), so it costs the largest
-    layer's scratch, not the sum over layers.  An array handed out is valid until the
-    next request for the same role; none leaves the layer (outputs, gradients and the
-    cached input are always fresh arrays).
+    ``forward(layer, xp, padded, ho, wo)`` gets the zero-padded input, channel-major
+    (C, N, Hp, Wp), and returns the output channel-major (O, N, Ho, Wo) without the bias
+    (a view of scratch is fine: the layer copies it out).
+    ``backward(layer, xp, dy, padded, need_dx, need_dw)`` returns ``(dx, dW)``: dx on the
+    padded grid (C, N, Hp, Wp) or None when ``need_dx`` is False, dW (O, C, kh, kw) or None
+    when ``need_dw`` is False (scratch is fine for both).
+    ``unsupported(layer)`` says why the layer cannot use it (None: it can).
     """
 
-    def __init__(self):
-        self._local = threading.local()
-
-    def arrays(self) -> dict:
-        return self._local.__dict__.setdefault("arrays", {})
-
-    def take(self, like, role: str, shape, dtype=None):
-        """An uninitialised array of ``shape`` on the device of ``like`` (in its dtype by default)."""
-        xp = get_array_module(like)
-        dtype = np.dtype(like.dtype if dtype is None else dtype)
-        key = (xp.__name__, str(getattr(like, "device", "cpu")), dtype.str, role)
-        size = int(np.prod(shape))
-        arrays = self.arrays()
-        flat = arrays.get(key)
-        if flat is None or flat.size < size:
-            arrays.pop(key, None)  # let the smaller one go before allocating the larger
-            arrays[key] = flat = xp.empty(size, dtype=dtype)
-        return flat[:size].reshape(shape)
-
-    def clear(self) -> None:
-        self._local.__dict__.pop("arrays", None)
+    name: str
+    about: str
+    forward: Callable
+    backward: Callable
+    unsupported: Callable = lambda layer: None
 
 
-_WORKSPACE = _Workspace()
-
-
-def clear_workspace() -> None:
-    """Free the scratch arrays that convolutions keep between calls (in this thread)."""
-    _WORKSPACE.clear()
-
-
-def _row_weights(xp, weight, j0: int, g: int):
-    """``(kh, O, g·C)``: ``[i][o, jj·C + c] = weight[o, c, i, j0 + jj]``, the order of the stacked shifts."""
-    o, c, kh, _ = weight.shape
-    return xp.ascontiguousarray(weight[:, :, :, j0 : j0 + g].transpose(2, 0, 3, 1)).reshape(kh, o, g * c)
+def _needs_stride_one(layer) -> str | None:
+    return None if layer.stride == (1, 1) else f"needs stride 1 (this layer has stride {layer.stride})"
 
 
 class Conv2d(Module):
@@ -190,22 +176,39 @@ class Conv2d(Module):
     standard deviation ``sqrt(2 / fan_in)`` with ``fan_in = C·kh·kw``, which keeps the
     variance of the activations steady through a deep ReLU network -- and ``bias`` (O,)
     zeros, or None with ``bias=False``.  Both are created as float32 NumPy arrays; use
-    ``.double()`` / ``.to("cuda")``.  ``rng`` (keyword only; not in PyTorch): a NumPy
-    Generator or seed for the initialisation; None draws from NumPy's global state, so
-    ``np.random.seed`` makes it reproducible.
+    ``.double()`` / ``.to("cuda")``.
 
-    ``forward(x)`` computes in ``x.dtype``, which must equal the weight's.
-    ``backward(dy)`` returns ``dL/dx`` and *adds* ``dL/dW``, ``dL/db`` into ``weight.grad``
-    / ``bias.grad`` (``zero_grad()`` clears them).  Same computation in training and eval
-    mode; the padded input is kept for the backward only while ``requires_grad`` is set.
+    Keyword-only arguments (not in PyTorch):
+
+    ``rng``
+        A NumPy Generator or seed for the initialisation; None draws from NumPy's global
+        state, so ``np.random.seed`` makes it reproducible.
+    ``algorithm``
+        ``"auto"`` or a name in :data:`ALGORITHMS` (``"flat-flipped"``, ``"flat-scatter"``,
+        ``"gathered"``): which formulation computes forward and backward.  All give the
+        same numbers up to rounding.  Readable and settable as ``conv.algorithm``;
+        ``conv.resolved_algorithm`` is the name that runs.
+    ``needs_input_grad``
+        False: ``backward`` computes no ``dL/dx`` and returns None (for a network's first
+        layer).  Also a plain attribute.
+
+    ``forward(x)`` computes in ``x.dtype``, which must equal the weight's; it keeps the
+    padded input for the backward unless called inside ``minisegnet.no_grad()``.
+    ``backward(dy)`` returns ``dL/dx`` (or None) and *adds* ``dL/dW``, ``dL/db`` into
+    ``weight.grad`` / ``bias.grad`` (``zero_grad()`` clears them), skipping a parameter
+    whose ``requires_grad`` is False.  Same computation in training and eval mode.
     """
 
-    #: Cap, in bytes, on the buffer of stacked shifted copies (module docstring); 0: no
-    #: copies, one plain shifted GEMM per offset.  Set it on the class or on one layer.
+    #: Cap, in bytes, on the buffer of stacked shifted copies (module docstring and
+    #: :mod:`~minisegnet.layers.conv_tiling`); 0: no copies, one plain shifted GEMM per
+    #: offset.  Set it on the class (every layer) or on one layer (``del`` goes back).
     max_workspace_bytes: int = 64 * 2**20
+    #: The shortest block of output columns the budget may cut the GEMMs into before
+    #: fewer offsets are stacked instead (shorter blocks mean shorter, slower GEMMs).
+    min_block_columns: int = 16384
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
-                 *, rng=None):
+                 *, rng=None, algorithm: str = "auto", needs_input_grad: bool = True):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -226,14 +229,13 @@ class Conv2d(Module):
         fan_in = self.in_channels * kh * kw
         self.weight = Parameter((normal * np.sqrt(2.0 / fan_in)).astype(np.float32))
         self.bias = Parameter(np.zeros(self.out_channels, dtype=np.float32)) if bias else None
+        self.needs_input_grad = bool(needs_input_grad)
+        self._algorithm = "auto"
+        self.algorithm = algorithm  # validated by the property below
         self._padded_input = None  # (C, N, Hp, Wp): the zero-padded input, channel-major, for the backward
         self._input_shape = None  # (N, C, H, W) of that forward
         self._output_shape = None  # (N, O, Ho, Wo) of that forward
-        # Private switches for the tests and the benchmark: force the strided path at
-        # stride 1, or one of the two backward formulations ("flipped" / "scatter").
-        self._allow_flat = True
-        self._dx_form = "auto"
-        self._min_block_columns = 16384  # see _tiling; the tests make it tiny to exercise the block seams
+        self._forward_algorithm = None  # the name that ran that forward (its backward uses the same)
 
     # -- description and sizes ----------------------------------------------------
     def extra_repr(self) -> str:
@@ -242,85 +244,51 @@ class Conv2d(Module):
             text += f", padding={self.padding}"
         if self.bias is None:
             text += ", bias=False"
+        if self._algorithm != "auto":
+            text += f", algorithm={self._algorithm!r}"
+        if not self.needs_input_grad:
+            text += ", needs_input_grad=False"
         return text
 
     @property
     def _name(self) -> str:
         return f"Conv2d({self.extra_repr()})"
 
-    @property
-    def _flat(self) -> bool:
-        """Stride 1 uses flat shifted views; any other stride gathers strided windows."""
-        return self.stride == (1, 1) and self._allow_flat
-
     def _output_size(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
-    def _tiling(self, kw: int, rows: int, length: int, halo: int, itemsize: int, min_block: int) -> tuple[int, int]:
-        """``(g, block)``: stack ``g`` horizontal offsets per GEMM, over blocks of ``block`` columns.
+    # -- which algorithm ------------------------------------------------------------
+    @property
+    def algorithm(self) -> str:
+        """The formulation asked for: ``"auto"`` or a name in :data:`ALGORITHMS`."""
+        return self._algorithm
 
-        A stacked copy of a block spans its ``block`` columns plus the ``halo`` that the
-        lower kernel rows reach.  ``g = kw`` (the fewest, deepest GEMMs) whenever a block of
-        ``min_block`` columns fits ``max_workspace_bytes``; the budget is then met by cutting
-        the columns into equal blocks.  Otherwise ``g`` shrinks to what fits, in groups of
-        equal size (room for 5 of 7 offsets gives 4 + 3, not 5 + 2).  ``g = 1`` copies
-        nothing, so its one block is all the columns.
-        """
-        smallest = rows * itemsize * (min(min_block, length) + halo)  # bytes of one shifted copy
-        fits = int(max(1, min(kw, self.max_workspace_bytes // max(smallest, 1))))
-        groups = -(-kw // fits)
-        g = -(-kw // groups)
-        if g == 1:
-            return 1, length
-        block = max(min(min_block, length), self.max_workspace_bytes // (g * rows * itemsize) - halo)
-        blocks = -(-length // block)
-        return g, -(-length // blocks)
+    @algorithm.setter
+    def algorithm(self, name: str) -> None:
+        valid = ("auto", *ALGORITHMS)
+        if not isinstance(name, str) or name not in valid:
+            raise ValueError(
+                f"{self._name}: unknown algorithm {name!r}; expected one of {', '.join(map(repr, valid))}"
+            )
+        if name != "auto":
+            reason = ALGORITHMS[name].unsupported(self)
+            if reason is not None:
+                usable = ["auto"] + [a for a, spec in ALGORITHMS.items() if spec.unsupported(self) is None]
+                raise ValueError(f"{self._name}: algorithm {name!r} {reason}; this layer can use "
+                                 f"{', '.join(map(repr, usable))}")
+        self._algorithm = name
 
-    # -- walking over the kernel offsets ----------------------------------------------
-    # Both generators yield (start, stop, i, j0, gg, cols) for kernel row i and its offsets
-    # j0..j0+gg-1: cols (gg·rows, stop - start) holds the source under those offsets at the
-    # output positions start..stop-1 -- a block of the im2col matrix, never the whole matrix.
-    def _flat_windows(self, src, row_stride: int, length: int):
-        """Stride 1: M = ``length`` columns of the flat padded grid, as views of gg stacked shifts of ``src``.
+    @property
+    def resolved_algorithm(self) -> str:
+        """The name in :data:`ALGORITHMS` that the next forward runs ("auto" resolved)."""
+        return self._choose_algorithm() if self._algorithm == "auto" else self._algorithm
 
-        Yields ``(start, stop, i, j0, gg, cols)``: ``cols`` covers output columns
-        ``start .. stop-1``; the columns come in blocks so that the stacked copy fits
-        ``max_workspace_bytes`` without making the GEMMs shallower.
-        """
-        rows = src.shape[0]
-        kh, kw = self.kernel_size
-        halo = (kh - 1) * row_stride  # the lower kernel rows read this many columns further
-        g, block = self._tiling(kw, rows, length, halo, src.dtype.itemsize, self._min_block_columns)
-        for start in range(0, length, block):
-            stop = min(length, start + block)
-            span = stop - start + halo  # one horizontal shift of the block, long enough for every kernel row
-            for j0 in range(0, kw, g):
-                gg = min(g, kw - j0)
-                if gg > 1:  # copy the gg horizontal shifts once, stacked: (gg·rows, span)
-                    stacked = _WORKSPACE.take(src, "shifted", (gg, rows, span))
-                    for jj in range(gg):
-                        stacked[jj] = src[:, start + j0 + jj : start + j0 + jj + span]
-                    stacked = stacked.reshape(gg * rows, span)
-                else:  # one shift: a view of src itself, nothing copied
-                    stacked = src[:, start + j0 : start + j0 + span]
-                for i in range(kh):  # kernel row i is the same data i·Wp columns later: a view
-                    yield start, stop, i, j0, gg, stacked[:, i * row_stride : i * row_stride + stop - start]
-
-    def _strided_windows(self, padded, ho: int, wo: int):
-        """Any stride: M = N·Ho·Wo; the strided windows of the padded input, gathered into a reused buffer."""
-        c, n = padded.shape[:2]
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        length = n * ho * wo
-        g, _ = self._tiling(kw, c, length, 0, padded.dtype.itemsize, min_block=length)  # one block: all of M
-        for j0 in range(0, kw, g):
-            gg = min(g, kw - j0)
-            for i in range(kh):
-                cols = _WORKSPACE.take(padded, "gathered", (gg, c, n, ho, wo))
-                for jj in range(gg):
-                    j = j0 + jj
-                    cols[jj] = padded[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
-                yield 0, length, i, j0, gg, cols.reshape(gg * c, length)
+    def _choose_algorithm(self) -> str:
+        """What "auto" means: the rule of the module docstring."""
+        if self.stride != (1, 1):
+            return "gathered"
+        return "flat-flipped" if self.in_channels >= self.out_channels else "flat-scatter"
 
     # -- forward ------------------------------------------------------------------
     def _check_input(self, x):
@@ -346,18 +314,19 @@ class Conv2d(Module):
             )
         return xp
 
-    def _pad(self, xp, x):
+    def _pad(self, xp, x, keep: bool):
         """The zero-padded input, channel-major (C, N, Hp, Wp).
 
-        Kept for the backward, so it is a layer-owned array: the previous step's is
-        overwritten when the shape still fits (one large allocation less per step).
+        Kept for the backward (``keep``), it is a layer-owned array: the previous forward's
+        is overwritten when the shape still fits (one large allocation less per step).
+        Not kept, it is scratch, and the previous forward's stays as it was.
         """
         n, c, h, w = x.shape
         ph, pw = self.padding
         shape = (c, n, h + 2 * ph, w + 2 * pw)
         previous = self._padded_input
-        if not self.requires_grad:
-            padded = _WORKSPACE.take(x, "padded", shape)  # not kept: scratch will do
+        if not keep:
+            padded = WORKSPACE.take(x, "conv.padded", shape)
         elif previous is not None and previous.shape == shape and previous.dtype == x.dtype \
                 and get_array_module(previous) is xp:
             padded = previous
@@ -375,46 +344,61 @@ class Conv2d(Module):
 
     def forward(self, x):
         xp = self._check_input(x)
+        algorithm = ALGORITHMS[self.resolved_algorithm]
+        reason = algorithm.unsupported(self)
+        if reason is not None:  # the layer's stride was changed after the algorithm was set
+            raise ValueError(f"{self._name}: algorithm {algorithm.name!r} {reason}")
         n, c, h, w = x.shape
         o = self.out_channels
         ho, wo = self._output_size(h, w)
-        padded = self._pad(xp, x)
-        hp, wp = padded.shape[2], padded.shape[3]
-
-        if self._flat:  # Y = sum_ij W_ij @ X[:, s_ij : s_ij + L] on the flat padded grid
-            grid = n * hp * wp
-            length = (n - 1) * hp * wp + (ho - 1) * wp + wo  # up to the last valid output; never reads past X
-            y_grid = _WORKSPACE.take(x, "y_grid", (o, grid))
-            out = y_grid[:, :length]
-            windows = self._flat_windows(padded.reshape(c, grid), wp, length)
-            y_cnhw = y_grid.reshape(o, n, hp, wp)[:, :, :ho, :wo]  # the valid positions
-        else:
-            out = _WORKSPACE.take(x, "y_grid", (o, n * ho * wo))
-            windows = self._strided_windows(padded, ho, wo)
-            y_cnhw = out.reshape(o, n, ho, wo)
-        w_rows = {}  # j0 -> (kh, O, gg·C) weights in the order of the stacked shifts
-        for start, stop, i, j0, gg, cols in windows:
-            if j0 not in w_rows:
-                w_rows[j0] = _row_weights(xp, self.weight.data, j0, gg)
-            target = out[:, start:stop]
-            if i == 0 and j0 == 0:
-                xp.matmul(w_rows[j0][i], cols, out=target)
-            else:  # target += W_rows @ cols, without a new array
-                product = _WORKSPACE.take(x, "product", target.shape)
-                xp.matmul(w_rows[j0][i], cols, out=product)
-                target += product
+        keep = is_grad_enabled()
+        padded = self._pad(xp, x, keep)
+        y_cnhw = algorithm.forward(self, xp, padded, ho, wo)
 
         y = xp.empty((n, o, ho, wo), dtype=x.dtype)
-        if self.bias is not None:  # crop, back to NCHW and add the bias, in one pass
+        if self.bias is not None:  # back to NCHW and add the bias, in one pass
             xp.add(y_cnhw.transpose(1, 0, 2, 3), self.bias.data.reshape(1, o, 1, 1), out=y)
         else:
             y[...] = y_cnhw.transpose(1, 0, 2, 3)
 
-        keep = self.requires_grad
-        self._padded_input = padded if keep else None
-        self._input_shape = tuple(x.shape) if keep else None
-        self._output_shape = tuple(y.shape) if keep else None
+        if keep:  # inside no_grad() the previous forward's cache stays as it was
+            self._padded_input = padded
+            self._input_shape = tuple(x.shape)
+            self._output_shape = tuple(y.shape)
+            self._forward_algorithm = algorithm.name
         return y
+
+    def _forward_shifted(self, xp, padded, ho: int, wo: int, flat: bool):
+        """``Y = sum_ij W_ij @ X_ij``: flat column slices (stride 1) or gathered strided windows.
+
+        Returns the output channel-major (O, N, Ho, Wo), a view of scratch, without the bias.
+        """
+        c, n, hp, wp = padded.shape
+        o = self.out_channels
+        if flat:  # Y = sum_ij W_ij @ X[:, s_ij : s_ij + L] on the flat padded grid
+            grid = n * hp * wp
+            length = (n - 1) * hp * wp + (ho - 1) * wp + wo  # up to the last valid output; never reads past X
+            y_grid = WORKSPACE.take(padded, "conv.y_grid", (o, grid))
+            out = y_grid[:, :length]
+            windows = flat_windows(padded.reshape(c, grid), self.kernel_size, wp, length,
+                                   self.max_workspace_bytes, self.min_block_columns)
+            y_cnhw = y_grid.reshape(o, n, hp, wp)[:, :, :ho, :wo]  # the valid positions
+        else:  # the same sum over gathered windows, M = N·Ho·Wo columns
+            out = WORKSPACE.take(padded, "conv.y_grid", (o, n * ho * wo))
+            windows = gathered_windows(padded, self.kernel_size, self.stride, ho, wo, self.max_workspace_bytes)
+            y_cnhw = out.reshape(o, n, ho, wo)
+        w_rows = {}  # j0 -> (kh, O, gg·C) weights in the order of the stacked shifts
+        for start, stop, i, j0, gg, cols in windows:
+            if j0 not in w_rows:
+                w_rows[j0] = row_weights(xp, self.weight.data, j0, gg)
+            target = out[:, start:stop]
+            if i == 0 and j0 == 0:
+                xp.matmul(w_rows[j0][i], cols, out=target)
+            else:  # target += W_rows @ cols, without a new array
+                product = WORKSPACE.take(padded, "conv.product", target.shape)
+                xp.matmul(w_rows[j0][i], cols, out=product)
+                target += product
+        return y_cnhw
 
     # -- backward -----------------------------------------------------------------
     def backward(self, dy):
@@ -423,100 +407,129 @@ class Conv2d(Module):
         xp = get_array_module(padded)
         n, c, h, w = self._input_shape
         ph, pw = self.padding
-        if self.bias is not None:
+        if self.bias is not None and self.bias.requires_grad:
             self.bias.accumulate_grad(dy.sum(axis=(0, 2, 3), dtype=padded.dtype))
-        form = self._dx_form
-        if form == "auto":
-            form = "flipped" if self.in_channels >= self.out_channels else "scatter"
-        if self._flat and form == "flipped":
-            dx_pad, dw = self._backward_flipped(xp, dy, padded)
-        else:
-            dx_pad, dw = self._backward_scatter(xp, dy, padded)
-        self.weight.accumulate_grad(dw)
+        need_dx, need_dw = self.needs_input_grad, self.weight.requires_grad
+        if not (need_dx or need_dw):
+            return None
+        algorithm = ALGORITHMS[self._forward_algorithm]
+        dx_pad, dw = algorithm.backward(self, xp, dy, padded, need_dx, need_dw)
+        if need_dw:
+            self.weight.accumulate_grad(dw)
+        if not need_dx:
+            return None
         dx = xp.empty((n, c, h, w), dtype=padded.dtype)
         dx[...] = dx_pad[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)  # crop the padding, back to NCHW
         return dx
 
-    def _backward_flipped(self, xp, dy, padded):
+    def _backward_flipped(self, xp, dy, padded, need_dx: bool, need_dw: bool):
         """Stride 1: dx correlates zero-embedded dy with the flipped kernel; dW from the same slices.
 
-        Returns dx on the padded grid (C, N, Hp, Wp) and dW (O, C, kh, kw).
+        Returns dx on the padded grid (C, N, Hp, Wp) (or None) and dW (O, C, kh, kw) (or None).
         """
         c, n, hp, wp = padded.shape
         o, (kh, kw), (ph, pw) = self.out_channels, self.kernel_size, self.padding
         ho, wo = dy.shape[2], dy.shape[3]
         grid = n * hp * wp
         lead = (kh - 1) * wp + (kw - 1)  # zero columns before dy: t - s_ij never goes negative
-        dy_grid = _WORKSPACE.take(padded, "dy_grid", (o, lead + grid))
+        dy_grid = WORKSPACE.take(padded, "conv.dy_grid", (o, lead + grid))
         dy_grid[...] = 0  # zero at the cropped positions and in the lead
         dy_grid[:, lead:].reshape(o, n, hp, wp)[:, :, :ho, :wo] = dy.transpose(1, 0, 2, 3)
         # dx is needed up to the last real input pixel; after it the padded input is all padding
         length = (n - 1) * hp * wp + (ph + self._input_shape[2] - 1) * wp + pw + self._input_shape[3]
-        dx_grid = _WORKSPACE.take(padded, "dx_grid", (c, grid))
-        out = dx_grid[:, :length]
-        x_cols = padded.reshape(c, grid)[:, :length]
-        flipped = self.weight.data.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]  # (C, O, kh, kw)
-        dw_flipped = xp.empty((kh, kw, o, c), dtype=padded.dtype)
+        if need_dx:
+            dx_grid = WORKSPACE.take(padded, "conv.dx_grid", (c, grid))
+            out = dx_grid[:, :length]
+            flipped = self.weight.data.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]  # (C, O, kh, kw)
+        if need_dw:
+            x_cols = padded.reshape(c, grid)[:, :length]
+            dw_flipped = xp.empty((kh, kw, o, c), dtype=padded.dtype)
         w_rows = {}
-        for start, stop, i, j0, gg, dy_cols in self._flat_windows(dy_grid, wp, length):
-            if j0 not in w_rows:
-                w_rows[j0] = _row_weights(xp, flipped, j0, gg)
-            target = out[:, start:stop]
-            if i == 0 and j0 == 0:
-                xp.matmul(w_rows[j0][i], dy_cols, out=target)
-            else:
-                product = _WORKSPACE.take(padded, "product", target.shape)
-                xp.matmul(w_rows[j0][i], dy_cols, out=product)
-                target += product
-            # dW at the flipped offset (kh-1-i, kw-1-j) from the same slices of dy, summed over the blocks
-            dw_block = dw_flipped[i, j0 : j0 + gg].reshape(gg * o, c)
-            if start == 0:
-                xp.matmul(dy_cols, x_cols[:, start:stop].T, out=dw_block)
-            else:
-                dw_block += xp.matmul(dy_cols, x_cols[:, start:stop].T)
-        dw = dw_flipped[::-1, ::-1].transpose(2, 3, 0, 1)  # back to (O, C, kh, kw)
-        return dx_grid.reshape(c, n, hp, wp), dw
+        for start, stop, i, j0, gg, dy_cols in flat_windows(dy_grid, self.kernel_size, wp, length,
+                                                             self.max_workspace_bytes, self.min_block_columns):
+            if need_dx:  # the forward's sum, run on dy with the flipped kernel
+                if j0 not in w_rows:
+                    w_rows[j0] = row_weights(xp, flipped, j0, gg)
+                target = out[:, start:stop]
+                if i == 0 and j0 == 0:
+                    xp.matmul(w_rows[j0][i], dy_cols, out=target)
+                else:
+                    product = WORKSPACE.take(padded, "conv.product", target.shape)
+                    xp.matmul(w_rows[j0][i], dy_cols, out=product)
+                    target += product
+            if need_dw:  # dW at the flipped offset (kh-1-i, kw-1-j) from the same slices of dy, summed over blocks
+                dw_block = dw_flipped[i, j0 : j0 + gg].reshape(gg * o, c)
+                if start == 0:
+                    xp.matmul(dy_cols, x_cols[:, start:stop].T, out=dw_block)
+                else:
+                    dw_block += xp.matmul(dy_cols, x_cols[:, start:stop].T)
+        dx = dx_grid.reshape(c, n, hp, wp) if need_dx else None
+        dw = dw_flipped[::-1, ::-1].transpose(2, 3, 0, 1) if need_dw else None  # back to (O, C, kh, kw)
+        return dx, dw
 
-    def _backward_scatter(self, xp, dy, padded):
-        """dW_ij = dy @ window_ij^T; W_ij^T @ dy added back into window ij of dx (any stride).
+    def _backward_scatter(self, xp, dy, padded, need_dx: bool, need_dw: bool, flat: bool):
+        """dW_ij = dy @ window_ij^T; W_ij^T @ dy added back into window ij of dx (flat or gathered windows).
 
-        Returns dx on the padded grid (C, N, Hp, Wp) and dW (O, C, kh, kw).
+        Returns dx on the padded grid (C, N, Hp, Wp) (or None) and dW (O, C, kh, kw) (or None).
         """
         c, n, hp, wp = padded.shape
         o, (kh, kw), (sh, sw) = self.out_channels, self.kernel_size, self.stride
         ho, wo = dy.shape[2], dy.shape[3]
-        dx_pad = _WORKSPACE.take(padded, "dx_grid", (c, n, hp, wp))
-        dx_pad[...] = 0
-        if self._flat:  # dy on the padded grid, zero at the cropped positions
+        if need_dx:
+            dx_pad = WORKSPACE.take(padded, "conv.dx_grid", (c, n, hp, wp))
+            dx_pad[...] = 0
+        if flat:  # dy on the padded grid, zero at the cropped positions
             grid = n * hp * wp
             length = (n - 1) * hp * wp + (ho - 1) * wp + wo
-            dy_grid = _WORKSPACE.take(padded, "dy_grid", (o, grid))
+            dy_grid = WORKSPACE.take(padded, "conv.dy_grid", (o, grid))
             dy_grid[...] = 0
             dy_grid.reshape(o, n, hp, wp)[:, :, :ho, :wo] = dy.transpose(1, 0, 2, 3)
             dy_cols = dy_grid[:, :length]
-            dx_flat = dx_pad.reshape(c, grid)
-            windows = self._flat_windows(padded.reshape(c, grid), wp, length)
+            windows = flat_windows(padded.reshape(c, grid), self.kernel_size, wp, length,
+                                   self.max_workspace_bytes, self.min_block_columns, copy=need_dw)
+            if need_dx:
+                dx_flat = dx_pad.reshape(c, grid)
         else:
             length = n * ho * wo
-            dy_cols = _WORKSPACE.take(padded, "dy_grid", (o, n, ho, wo))
+            dy_cols = WORKSPACE.take(padded, "conv.dy_grid", (o, n, ho, wo))
             dy_cols[...] = dy.transpose(1, 0, 2, 3)
             dy_cols = dy_cols.reshape(o, length)
-            windows = self._strided_windows(padded, ho, wo)
-        dw = xp.zeros((kh, o, kw, c), dtype=padded.dtype)
+            windows = gathered_windows(padded, self.kernel_size, self.stride, ho, wo, self.max_workspace_bytes,
+                                       copy=need_dw)
+        if need_dw:
+            dw = xp.zeros((kh, o, kw, c), dtype=padded.dtype)
         w_rows = {}
         for start, stop, i, j0, gg, cols in windows:
-            if j0 not in w_rows:
-                w_rows[j0] = _row_weights(xp, self.weight.data, j0, gg)
             dy_block = dy_cols[:, start:stop]
-            dw[i, :, j0 : j0 + gg] += xp.matmul(dy_block, cols.T).reshape(o, gg, c)  # summed over the blocks
-            d_cols = _WORKSPACE.take(padded, "d_windows", (gg * c, stop - start))
+            if need_dw:
+                dw[i, :, j0 : j0 + gg] += xp.matmul(dy_block, cols.T).reshape(o, gg, c)  # summed over the blocks
+            if not need_dx:
+                continue
+            if j0 not in w_rows:
+                w_rows[j0] = row_weights(xp, self.weight.data, j0, gg)
+            d_cols = WORKSPACE.take(padded, "conv.d_windows", (gg * c, stop - start))
             xp.matmul(w_rows[j0][i].T, dy_block, out=d_cols)
             for jj in range(gg):  # each offset's share goes back where its window was read
                 j = j0 + jj
                 d_window = d_cols[jj * c : (jj + 1) * c]
-                if self._flat:
+                if flat:
                     dx_flat[:, i * wp + j + start : i * wp + j + stop] += d_window
                 else:
                     window = dx_pad[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
                     window += d_window.reshape(c, n, ho, wo)
-        return dx_pad, dw.transpose(1, 3, 0, 2)
+        return (dx_pad if need_dx else None), (dw.transpose(1, 3, 0, 2) if need_dw else None)
+
+
+#: The formulations ``Conv2d(..., algorithm=name)`` can run, by name (module docstring).
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        Algorithm("flat-flipped", "stride 1: flat shifted slices; dx by the flipped kernel (good when C >= O)",
+                  partial(Conv2d._forward_shifted, flat=True), Conv2d._backward_flipped, _needs_stride_one),
+        Algorithm("flat-scatter", "stride 1: flat shifted slices; dx scattered back (good when C < O)",
+                  partial(Conv2d._forward_shifted, flat=True), partial(Conv2d._backward_scatter, flat=True),
+                  _needs_stride_one),
+        Algorithm("gathered", "any stride: strided windows gathered into a buffer; dx scattered back",
+                  partial(Conv2d._forward_shifted, flat=False), partial(Conv2d._backward_scatter, flat=False)),
+    )
+}

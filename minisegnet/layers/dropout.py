@@ -6,6 +6,7 @@ import numbers
 import numpy as np
 
 from ..backend import get_array_module, is_array
+from ..grad_mode import is_grad_enabled
 from ..module import Module
 from ..validation import check_grad_shape, require_cache
 
@@ -44,10 +45,12 @@ class Dropout(Module):
     before every forward so that all forwards share one mask, and a resumed training run
     can call it to continue deterministically.
 
-    Cache: ``self._keep_mask`` (boolean, one byte per value) when ``self.requires_grad``
-    and the layer was active; ``self._output_shape`` records that a forward happened (so
-    an identity forward can be differentiated too).  Both are ``None`` when not kept.
-    Masks are drawn in the input's dtype (float32 for float16 input).
+    Cache: ``self._keep_mask`` (boolean, one byte per value) when the layer was active
+    (``None`` after an identity forward); ``self._output_shape`` records that a forward
+    happened (so an identity forward can be differentiated too).  A forward inside
+    ``minisegnet.no_grad()`` stores neither and leaves the stored ones untouched.  Masks
+    are drawn in the input's dtype (float32 for float16 input); the layer has no
+    parameters and computes in the input's dtype.
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = None):
@@ -78,9 +81,9 @@ class Dropout(Module):
         return self.p > 0.0 and (self.training or self.mc_sampling)
 
     def _generator(self, xp):
-        if self._rng is None or self._rng_xp is not xp:
+        if self._rng is None or self._rng_xp != xp.__name__:
             self._rng = xp.random.default_rng(self.seed)
-            self._rng_xp = xp
+            self._rng_xp = xp.__name__  # a name, not the module: a model stays deep-copyable
         return self._rng
 
     def forward(self, x):
@@ -88,9 +91,10 @@ class Dropout(Module):
             raise TypeError(f"{_LAYER}: expected the input as a NumPy/CuPy array, got {type(x).__name__}")
         if np.dtype(x.dtype).kind != "f":
             raise ValueError(f"{_LAYER}: expected a floating-point input (float32 or float64), got dtype {x.dtype}")
+        keep_cache = is_grad_enabled()
         if not self.active:
-            self._keep_mask = None
-            self._output_shape = tuple(x.shape) if self.requires_grad else None
+            if keep_cache:
+                self._keep_mask, self._output_shape = None, tuple(x.shape)
             return x
         xp = get_array_module(x)
         draw_dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float32
@@ -99,10 +103,8 @@ class Dropout(Module):
         del uniform
         y = x * keep
         y *= x.dtype.type(1.0 / (1.0 - self.p))
-        if self.requires_grad:
+        if keep_cache:
             self._keep_mask, self._output_shape = keep, tuple(x.shape)
-        else:
-            self._keep_mask = self._output_shape = None
         return y
 
     def backward(self, dy):

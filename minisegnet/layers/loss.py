@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import device_of, get_array_module, is_array, to_device, to_numpy
+from ..grad_mode import is_grad_enabled
 from ..module import Module
 from ..validation import check_feature_map, require_cache
 
@@ -47,13 +48,15 @@ class SoftmaxCrossEntropy(Module):
     forward's softmax buffer becomes the gradient buffer in place (1 is subtracted only
     at the label of each pixel, through integer indexing), so a forward plus backward
     allocates one logits-sized array.  That buffer is handed out by ``backward``, which
-    therefore runs once per forward (like PyTorch freeing its graph).
+    therefore runs once per forward (like PyTorch freeing its graph): a second call
+    raises a ``RuntimeError`` that says so, rather than a wrong gradient.
 
     ``forward(logits (N, K, H, W) float, labels (N, H, W) integer) -> float``; labels on
     the host are moved to the logits' device.  ``backward(grad_output=1.0) -> dlogits``
     (same shape and dtype as ``logits``; ``grad_output`` scales it, for a weighted sum of
-    losses).  Same in training and eval mode, except that eval mode (``requires_grad``
-    False) keeps no cache.  Caches: ``self._probs`` (softmax, becomes the gradient),
+    losses).  Same in training and eval mode; inside ``minisegnet.no_grad()`` the forward
+    keeps no cache (and leaves an earlier forward's untouched).  The loss is computed in
+    the logits' dtype; class weights (kept in float64) are cast to it.  Caches: ``self._probs`` (softmax, becomes the gradient),
     ``self._safe_labels`` (labels with ignored pixels set to 0, shape (N, H*W)),
     ``self._pixel_scale`` (``w_y / normaliser``, 0 on ignored pixels, shape (N, H*W)).
     """
@@ -84,6 +87,7 @@ class SoftmaxCrossEntropy(Module):
         self._safe_labels = None
         self._pixel_scale = None
         self._logits_shape = None
+        self._gradient_handed_out = False
 
     def extra_repr(self) -> str:
         w = None if self.weight is None else f"<{self.weight.shape[0]} classes>"
@@ -169,7 +173,7 @@ class SoftmaxCrossEntropy(Module):
         else:
             loss = 0.0
 
-        if self.requires_grad:
+        if is_grad_enabled():
             probs /= sum_exp[:, None, :]
             scale = dtype.type(1.0 / normaliser if normaliser > 0 else 0.0)
             if pixel_weight is None:
@@ -179,8 +183,7 @@ class SoftmaxCrossEntropy(Module):
                 pixel_scale *= scale
             self._probs, self._safe_labels, self._pixel_scale = probs, safe_labels, pixel_scale
             self._logits_shape = tuple(logits.shape)
-        else:
-            self._probs = self._safe_labels = self._pixel_scale = self._logits_shape = None
+            self._gradient_handed_out = False
         return loss
 
     def _normaliser(self, xp, pixel_weight, valid, n: int, pixels: int) -> float:
@@ -196,6 +199,11 @@ class SoftmaxCrossEntropy(Module):
         return 1.0  # "sum"
 
     def backward(self, grad_output=1.0):
+        if self._gradient_handed_out:
+            raise RuntimeError(
+                f"{_LAYER}.backward called twice after one forward: the first call handed out the gradient "
+                "buffer (the softmax, turned into dL/dlogits in place). Keep that result, or run forward again"
+            )
         grad = require_cache(_LAYER, self._probs)
         xp = get_array_module(grad)
         n = grad.shape[0]
@@ -209,4 +217,5 @@ class SoftmaxCrossEntropy(Module):
         grad *= scale[:, None, :]
         shape = self._logits_shape
         self._probs = self._safe_labels = self._pixel_scale = self._logits_shape = None  # buffer handed out
+        self._gradient_handed_out = True
         return grad.reshape(shape)

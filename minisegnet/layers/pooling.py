@@ -35,6 +35,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import device_of, get_array_module, is_array
+from ..grad_mode import is_grad_enabled
+from .masking import select
 from ..module import Module
 from ..validation import check_feature_map, check_grad_shape, require_cache
 
@@ -107,12 +109,12 @@ def _scatter(values, argmax, full_shape, kernel, stride):
         xp.equal(argmax[:, :, :ho, :wo], k, out=mask)
         target = _at_offset(out, ky, kx, stride, ho, wo)
         if overlapping:
-            target += values[:, :, :ho, :wo] * mask
+            target += select(mask, values[:, :, :ho, :wo])
         else:
-            # Each pixel belongs to one window, so it is written once: value or 0.
-            # (A product with the 0/1 mask runs about twice as fast on NumPy as
-            # copyto(..., where=mask); only a non-finite value could tell them apart.)
-            xp.multiply(values[:, :, :ho, :wo], mask, out=target)
+            # Each pixel belongs to one window, so it is written once: value or exactly 0
+            # (a selection, not a product with the mask: an infinite value elsewhere in the
+            # window must not become inf * 0 = nan here; see masking.py).
+            select(mask, values[:, :, :ho, :wo], out=target)
     return out
 
 
@@ -128,10 +130,10 @@ def _gather(full, argmax, kernel, stride):
         mask = chosen[:, :, :ho, :wo]
         xp.equal(argmax[:, :, :ho, :wo], k, out=mask)
         if k == 0:  # offset (0, 0) exists in every window: it initialises ``out``
-            xp.multiply(_at_offset(full, ky, kx, stride, ho, wo), mask, out=out)
-        else:
+            select(mask, _at_offset(full, ky, kx, stride, ho, wo), out=out)
+        else:  # the pixels a window did not choose add exactly 0, even where they are infinite
             term = picked[:, :, :ho, :wo]
-            xp.multiply(_at_offset(full, ky, kx, stride, ho, wo), mask, out=term)
+            select(mask, _at_offset(full, ky, kx, stride, ho, wo), out=term)
             out[:, :, :ho, :wo] += term
     return out
 
@@ -162,7 +164,8 @@ class MaxPool2d(Module):
     carry no gradient.
 
     Train and eval behave alike; forward keeps the argmax (a reference to the returned
-    ``indices``) and the input shape for backward only when ``requires_grad`` is set.
+    ``indices``) and the input shape for backward, except inside ``minisegnet.no_grad()``
+    (which keeps nothing and leaves what an earlier forward stored untouched).
     The layer has no parameters.
     """
 
@@ -207,10 +210,8 @@ class MaxPool2d(Module):
             # where it wins" is a maximum: vectorised, ~40x faster than copyto(where=).
             xp.maximum(arg, wins, out=arg)
             xp.maximum(best, candidate, out=best)
-        if self.requires_grad:
+        if is_grad_enabled():
             self._argmax, self._input_shape = argmax, tuple(x.shape)
-        else:
-            self._argmax = self._input_shape = None
         return y, argmax
 
     def backward(self, dy):
@@ -251,7 +252,7 @@ class MaxUnpool2d(Module):
     which keeps unpooling the exact transpose of pooling; PyTorch overwrites instead.)
 
     Train and eval behave alike; forward keeps a reference to ``indices`` and the output
-    shape only when ``requires_grad`` is set.  The layer has no parameters.
+    shape, except inside ``minisegnet.no_grad()``.  The layer has no parameters.
     """
 
     def __init__(self, kernel_size=2, stride=None):
@@ -332,10 +333,8 @@ class MaxUnpool2d(Module):
         full_shape = self._full_output_shape(x.shape, output_size)
         self._check_indices(indices, x, full_shape)
         y = _scatter(x, indices, full_shape, self.kernel_size, self.stride)
-        if self.requires_grad:
+        if is_grad_enabled():
             self._argmax, self._output_shape = indices, full_shape
-        else:
-            self._argmax = self._output_shape = None
         return y
 
     def backward(self, dy):

@@ -10,6 +10,7 @@ import inspect
 
 from .base import SegmentationModel, softmax
 from .bayesian import BayesianSegNet, BayesianSegNetBasic
+from .decoder_variants import BilinearBasic, FCNBasic, FCNBasicNoAddition, FCNBasicNoDimReduction
 from .segnet import ConvBNReLU, DecoderStage, EncoderDecoder, EncoderStage, SegNet, Stages
 from .segnet_basic import SegNetBasic
 
@@ -18,6 +19,10 @@ MODELS = {
     "segnet-basic": SegNetBasic,
     "bayesian-segnet": BayesianSegNet,
     "bayesian-segnet-basic": BayesianSegNetBasic,
+    "fcn-basic": FCNBasic,
+    "fcn-basic-noaddition": FCNBasicNoAddition,
+    "fcn-basic-nodimreduction": FCNBasicNoDimReduction,
+    "bilinear-basic": BilinearBasic,
 }
 
 
@@ -49,6 +54,10 @@ __all__ = [
     "SegNetBasic",
     "BayesianSegNet",
     "BayesianSegNetBasic",
+    "FCNBasic",
+    "FCNBasicNoAddition",
+    "FCNBasicNoDimReduction",
+    "BilinearBasic",
     "EncoderDecoder",
     "EncoderStage",
     "DecoderStage",

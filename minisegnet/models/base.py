@@ -18,12 +18,13 @@ variants.  A subclass builds its layers and writes ``forward(x) -> logits`` and
     ``build_model(model.arch, **model.config)`` rebuilds the same architecture (the
     checkpoint code relies on it).
 
-The ``predict*`` methods and ``summary`` switch the model to eval mode for their
-forwards and put every module's flags back afterwards, so calling them in the middle of
-training changes nothing.  In eval mode no layer keeps activations for backward
-(``requires_grad`` is False), so the only activations alive during inference are the
-current feature map and what the decoder needs (for SegNet: the pooling indices and
-sizes), besides the scratch buffers that layers reuse from call to call
+The ``predict*`` methods run inside :func:`minisegnet.no_grad` and in eval mode, and put
+every module's mode back afterwards; ``predict_mc(seed=...)`` puts the dropout layers'
+random generators back too; ``summary`` measures a twin of the model.  So calling any of
+them between a training forward and its backward changes nothing of that step (tested).
+Under ``no_grad`` no layer keeps activations for backward, so the only activations alive
+during inference are the current feature map and what the decoder needs (for SegNet: the
+pooling indices and sizes), besides the scratch buffers that layers reuse from call to call
 (``benchmarks/bench_memory.py`` measures both).
 """
 from __future__ import annotations
@@ -33,9 +34,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..backend import array_module_for, get_array_module
+from ..backend import get_array_module
+from ..grad_mode import no_grad
 from ..layers import Dropout
 from ..module import Module
+from .summary import ModelSummary, summarize
 
 
 def softmax(logits, axis: int = 1, *, inplace: bool = False):
@@ -75,20 +78,21 @@ class SegmentationModel(Module):
     # -- modes ----------------------------------------------------------------------
     @contextmanager
     def _inference_mode(self, mc_dropout: bool = False):
-        """Eval mode (optionally with MC dropout) for the duration of a ``with`` block.
+        """``no_grad`` and eval mode (optionally with MC dropout) for a ``with`` block.
 
-        Every module's ``training``, ``requires_grad`` and (for Dropout)
-        ``mc_sampling`` are restored on exit, exactly as they were, even after an error.
+        Every module's ``training`` and (for Dropout) ``mc_sampling`` are restored on exit,
+        exactly as they were, even after an error.  ``no_grad`` keeps the layers from
+        touching what a pending backward needs.
         """
-        saved = [(m, m.training, m.requires_grad, getattr(m, "mc_sampling", None)) for m in self.modules()]
+        saved = [(m, m.training, getattr(m, "mc_sampling", None)) for m in self.modules()]
         self.eval()
         self.set_mc_dropout(mc_dropout)
         try:
-            yield
+            with no_grad():
+                yield
         finally:
-            for m, training, requires_grad, mc_sampling in saved:
+            for m, training, mc_sampling in saved:
                 object.__setattr__(m, "training", training)
-                object.__setattr__(m, "requires_grad", requires_grad)
                 if mc_sampling is not None:
                     m.mc_sampling = mc_sampling
 
@@ -137,8 +141,10 @@ class SegmentationModel(Module):
 
         The mean and variance are accumulated with Welford's update, so only two
         (N, K, H, W) arrays are kept however many samples are drawn, and samples that
-        all agree give a variance of exactly 0.  ``seed`` (optional) reseeds the dropout
-        layers (layer ``i`` with ``seed + i``) for reproducible samples.  A model without
+        all agree give a variance of exactly 0.  ``seed`` (optional) draws the samples from
+        generators seeded with ``seed + i`` for dropout layer ``i``, for reproducible
+        samples; the layers' own generators are put back afterwards, so the masks of a
+        training run are the same whether or not it sampled in between.  A model without
         Dropout layers gives identical samples and zero uncertainty (with a warning).
         """
         if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
@@ -150,12 +156,22 @@ class SegmentationModel(Module):
                 "uncertainty is zero (build it with dropout > 0, e.g. BayesianSegNet)",
                 stacklevel=2,
             )
+        saved_generators = [(layer, layer.seed, layer._rng, layer._rng_xp) for layer in dropouts]
         if seed is not None:
             for i, layer in enumerate(dropouts):
                 layer.reseed(seed + i)
+        try:
+            return self._sample_mc(x, int(samples))
+        finally:
+            if seed is not None:
+                for layer, layer_seed, rng, rng_xp in saved_generators:
+                    layer.seed, layer._rng, layer._rng_xp = layer_seed, rng, rng_xp
+
+    def _sample_mc(self, x, samples: int):
+        """Welford's running mean and variance over ``samples`` MC-dropout softmax outputs."""
         mean = m2 = None
         with self._inference_mode(mc_dropout=True):
-            for count in range(1, int(samples) + 1):
+            for count in range(1, samples + 1):
                 probs = softmax(self.forward(x), axis=1, inplace=True)
                 if mean is None:
                     xp = get_array_module(probs)
@@ -175,131 +191,16 @@ class SegmentationModel(Module):
         return mean, uncertainty
 
     # -- summary --------------------------------------------------------------------
-    def summary(self, input_size=(3, 360, 480), batch_size: int = 1) -> str:
-        """A table of layers, output shapes and parameters, and the decoder's memory.
+    def summary(self, input_size=(3, 360, 480), batch_size: int = 1) -> ModelSummary:
+        """Layers, output shapes, parameters, memory and FLOPs, measured on one forward.
 
-        It runs one eval-mode forward on zeros of shape ``(batch_size, *input_size)``
-        and records what each layer actually returned (by wrapping the layers'
-        ``forward`` for the duration of the call, as PyTorch's forward hooks do).  A row
-        is a layer without sub-modules, or a block that asks to be shown as one row
-        (``summary_as_one_row = True``, e.g. conv → BN → ReLU).
-
-        Models that hand pooling indices from encoder to decoder (they define
-        ``encode(x) -> (bottom, [(indices, size), ...])`` and ``decode``) also get the
-        memory comparison of the SegNet article, measured on the arrays the decoder
-        actually receives: the bytes of the indices (plus two integers per stage for the
-        size), beside the bytes of the encoder feature maps before pooling, in the
-        model's dtype, that a decoder with FCN/U-Net-style skip connections would keep.
-
-        Cost: one inference forward (seconds for the full SegNet at 360×480 on a CPU).
+        Returns a :class:`~minisegnet.models.summary.ModelSummary`: ``.records`` (one
+        :class:`~minisegnet.models.summary.LayerRecord` per layer: output shape,
+        parameters, bytes kept for the backward, bytes kept for the decoder, FLOPs) and
+        ``.decoder_memory``; ``print(model.summary())`` shows them as a table, with the
+        SegNet article's comparison of pooling indices against FCN-style skips.  The
+        measurement runs on a twin of the model that shares its weights, so the model's
+        mode, caches and a pending backward are untouched.  See
+        :mod:`minisegnet.models.summary` for what each column measures.
         """
-        input_size = tuple(int(s) for s in input_size)
-        xp = array_module_for(self.device)
-        x = xp.zeros((int(batch_size), *input_size), dtype=self.dtype)
-        rows: list[tuple[str, ...]] = []
-        memory: list[str] = []
-
-        def recording(name, module, forward):
-            def forward_and_record(*args, **kwargs):
-                out = forward(*args, **kwargs)
-                y, detail = out, module.extra_repr()
-                if isinstance(out, tuple):  # max pooling returns (y, indices)
-                    y, indices = out[0], out[1]
-                    detail = f"+ indices {indices.dtype} {tuple(indices.shape)}"
-                rows.append((name, type(module).__name__, str(tuple(y.shape)), f"{module.num_parameters():,}", detail))
-                return out
-
-            return forward_and_record
-
-        recorded = _row_modules(self)
-        try:
-            for name, m in recorded:
-                object.__setattr__(m, "forward", recording(name, m, m.forward))
-            with self._inference_mode():
-                if hasattr(self, "encode") and hasattr(self, "decode"):
-                    bottom, pool_indices = self.encode(x)
-                    memory = _decoder_memory_table(pool_indices, self.dtype)
-                    logits = self.decode(bottom, pool_indices)
-                    del bottom, pool_indices
-                else:
-                    logits = self.forward(x)
-        finally:
-            for _, m in recorded:
-                m.__dict__.pop("forward", None)
-
-        dtype = np.dtype(self.dtype)
-        params = self.num_parameters()
-        table = _format_table(("layer", "type", "output shape", "params", ""), rows, right=(3,))
-        rule = "-" * max(len(r) for r in table)
-        out = [
-            f"{type(self).__name__} (arch {self.arch!r}) {self.config}",
-            f"input {tuple(x.shape)} {dtype.name}, eval mode",
-            rule,
-            table[0],
-            rule,
-            *table[1:],
-            rule,
-            f"output (logits): {tuple(logits.shape)}",
-            f"parameters: {params:,} ({params * dtype.itemsize / 2**20:.1f} MiB as {dtype.name})",
-        ]
-        if memory:
-            out += [rule, *memory]
-        return "\n".join(out)
-
-
-def _row_modules(model: Module) -> list[tuple[str, Module]]:
-    """The modules :meth:`SegmentationModel.summary` shows as rows, in registration order."""
-    rows = []
-
-    def visit(prefix, module):
-        for name, child in module._modules.items():
-            full = f"{prefix}.{name}" if prefix else name
-            if getattr(child, "summary_as_one_row", False) or not child._modules:
-                rows.append((full, child))
-            else:
-                visit(full, child)
-
-    visit("", model)
-    return rows
-
-
-def _format_table(header, rows, right=()) -> list[str]:
-    """Rows of strings as aligned columns (columns in ``right`` right-aligned)."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(r):
-        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
-        return "  ".join(cells).rstrip()
-
-    return [fmt(header)] + [fmt(r) for r in rows]
-
-
-def _decoder_memory_table(pool_indices, dtype) -> list[str]:
-    """What SegNet's decoder keeps, beside what FCN-style skips would keep, as lines of text.
-
-    ``pool_indices`` is the list of ``(indices, size_before_pooling)`` that ``encode``
-    returned: the actual arrays.  SegNet keeps ``indices.nbytes`` plus the size (two
-    64-bit integers) per stage; a decoder with skip connections keeps each encoder
-    feature map before pooling, ``N * C * H * W`` values of ``dtype`` (N and C from the
-    indices, H and W from the stored size).
-    """
-    dtype = np.dtype(dtype)
-    rows, total_kept, total_skip = [], 0, 0
-    for stage, (indices, size) in enumerate(pool_indices, start=1):
-        n, c = (int(s) for s in indices.shape[:2])
-        h, w = (int(s) for s in tuple(size)[-2:])
-        kept = int(indices.nbytes) + 2 * 8
-        skip = n * c * h * w * dtype.itemsize
-        total_kept, total_skip = total_kept + kept, total_skip + skip
-        rows.append(
-            (str(stage), f"{indices.dtype} {tuple(indices.shape)}", f"{kept:,}", f"{dtype.name} {(n, c, h, w)}", f"{skip:,}")
-        )
-    rows.append(("total", "", f"{total_kept:,}", "", f"{total_skip:,}"))
-    header = ("stage", "SegNet: indices (+ size)", "bytes", "FCN-style skip: encoder map", "bytes")
-    ratio = total_skip / total_kept if total_kept else float("nan")
-    return [
-        "memory kept for the decoder during one inference forward:",
-        *_format_table(header, rows, right=(2, 4)),
-        f"SegNet keeps {total_kept / 2**20:.2f} MiB of pooling indices; FCN-style skips would keep "
-        f"{total_skip / 2**20:.2f} MiB of feature maps: {ratio:.1f}x more.",
-    ]
+        return summarize(self, input_size=input_size, batch_size=batch_size)

@@ -42,8 +42,9 @@ class BayesianSegNet(SegNet):
 
     arch = "bayesian-segnet"
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 11, width: float = 1.0, dropout: float = 0.5):
-        super().__init__(in_channels=in_channels, num_classes=num_classes, width=width, dropout=dropout)
+    def __init__(self, in_channels: int = 3, num_classes: int = 11, width: float = 1.0, dropout: float = 0.5,
+                 *, rng=None):
+        super().__init__(in_channels=in_channels, num_classes=num_classes, width=width, dropout=dropout, rng=rng)
 
 
 class BayesianSegNetBasic(SegNetBasic):
@@ -58,6 +59,8 @@ class BayesianSegNetBasic(SegNetBasic):
         channels: int = 64,
         kernel_size: int = 7,
         dropout: float = 0.5,
+        *,
+        rng=None,
     ):
         super().__init__(
             in_channels=in_channels,
@@ -65,4 +68,5 @@ class BayesianSegNetBasic(SegNetBasic):
             channels=channels,
             kernel_size=kernel_size,
             dropout=dropout,
+            rng=rng,
         )

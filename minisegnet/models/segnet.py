@@ -65,6 +65,16 @@ def _check_dropout(owner: str, p) -> float:
     return float(p)
 
 
+def _generator(rng):
+    """``None`` stays ``None`` (NumPy's global state); a seed or a Generator becomes a Generator."""
+    return None if rng is None else np.random.default_rng(rng)
+
+
+def _dropout_seed(rng) -> int | None:
+    """A Dropout seed drawn from the model's generator (``None``: fresh entropy, as before)."""
+    return None if rng is None else int(np.random.default_rng(rng).integers(2**31))
+
+
 # -- building blocks -------------------------------------------------------------------
 class ConvBNReLU(Module):
     """``conv k×k (stride 1, padding k//2) → BatchNorm2d → ReLU``; ``relu=False`` drops the ReLU.
@@ -80,12 +90,12 @@ class ConvBNReLU(Module):
 
     summary_as_one_row = True  # SegmentationModel.summary shows the block as one layer
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, relu: bool = True):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, relu: bool = True, *, rng=None):
         super().__init__()
         kernel_size = _check_positive_int("ConvBNReLU", "kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"ConvBNReLU: 'same' padding needs an odd kernel_size, got {kernel_size}")
-        self.conv = Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=kernel_size // 2)
+        self.conv = Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=kernel_size // 2, rng=rng)
         self.bn = BatchNorm2d(out_channels)
         self.relu = ReLU(inplace=True) if relu else None
 
@@ -103,10 +113,10 @@ class ConvBNReLU(Module):
         return f"{in_c}→{out_c}, {kh}×{kw} conv → BN" + (" → ReLU" if self.relu is not None else "")
 
 
-def _conv_stack(in_channels: int, out_channels: Sequence[int], kernel_size: int, relu: bool) -> Sequential:
+def _conv_stack(in_channels: int, out_channels: Sequence[int], kernel_size: int, relu: bool, rng=None) -> Sequential:
     blocks, channels = [], in_channels
     for c in out_channels:
-        blocks.append(ConvBNReLU(channels, c, kernel_size, relu=relu))
+        blocks.append(ConvBNReLU(channels, c, kernel_size, relu=relu, rng=rng))
         channels = c
     return Sequential(*blocks)
 
@@ -127,11 +137,12 @@ class EncoderStage(Module):
     has a gradient; the indices are integers and the size a pair of ints.
     """
 
-    def __init__(self, in_channels: int, out_channels: Sequence[int], kernel_size: int = 3, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: Sequence[int], kernel_size: int = 3, dropout: float = 0.0,
+                 *, rng=None):
         super().__init__()
-        self.convs = _conv_stack(in_channels, out_channels, kernel_size, relu=True)
+        self.convs = _conv_stack(in_channels, out_channels, kernel_size, relu=True, rng=rng)
         self.pool = MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
-        self.dropout = Dropout(dropout) if dropout > 0 else None
+        self.dropout = Dropout(dropout, seed=_dropout_seed(rng)) if dropout > 0 else None
         self.out_channels = int(out_channels[-1])
 
     def forward(self, x):
@@ -168,11 +179,13 @@ class DecoderStage(Module):
         kernel_size: int = 3,
         relu: bool = True,
         dropout: float = 0.0,
+        *,
+        rng=None,
     ):
         super().__init__()
         self.unpool = MaxUnpool2d(kernel_size=2, stride=2)
-        self.convs = _conv_stack(in_channels, out_channels, kernel_size, relu=relu)
-        self.dropout = Dropout(dropout) if dropout > 0 else None
+        self.convs = _conv_stack(in_channels, out_channels, kernel_size, relu=relu, rng=rng)
+        self.dropout = Dropout(dropout, seed=_dropout_seed(rng)) if dropout > 0 else None
         self.out_channels = int(out_channels[-1])
 
     def forward(self, x, indices, size):
@@ -258,14 +271,25 @@ class EncoderDecoder(SegmentationModel):
         bottom, pool_indices = self.encode(x)
         return self.decode(bottom, pool_indices)
 
-    def backward(self, dlogits):
-        """``dL/dx`` from ``dL/dlogits``; adds every parameter's gradient into ``.grad``."""
+    def backward(self, dlogits, *, input_grad: bool = False):
+        """Add every parameter's gradient into ``.grad``, from ``dL/dlogits``.
+
+        Returns ``dL/dx`` (the gradient of the images) only when ``input_grad=True``, and
+        ``None`` otherwise: nobody trains the image, and skipping it spares the first
+        convolution its largest product (its ``needs_input_grad`` is set accordingly).
+        """
+        self.input_layer.needs_input_grad = bool(input_grad)
         grad = self.classifier.backward(dlogits)
         for stage in reversed(self.decoder):
             grad = stage.backward(grad)
         for stage in reversed(self.encoder):
             grad = stage.backward(grad)
         return grad
+
+    @property
+    def input_layer(self) -> Conv2d:
+        """The convolution that sees the image (its input gradient is computed only on request)."""
+        return self.encoder_convs()[0]
 
     def encoder_convs(self) -> list[Conv2d]:
         """The encoder's convolutions in forward order (13 for SegNet: VGG16's ``features``)."""
@@ -308,6 +332,11 @@ class SegNet(EncoderDecoder):
         3, 4, 5 (``encdrop3..5``) and after the last conv → BN → ReLU of decoder stages
         5, 4, 3 (``decdrop5..3``, just before the next unpooling).  See
         :class:`~minisegnet.models.BayesianSegNet`.
+    rng:
+        keyword only: an int seed or a ``numpy.random.Generator`` from which every layer
+        draws its initial weights (and each Dropout its seed), in construction order, so
+        ``SegNet(rng=0)`` is reproducible without touching NumPy's global state.  ``None``
+        draws from NumPy's global generator (``np.random.seed`` makes that reproducible).
     """
 
     arch = "segnet"
@@ -315,12 +344,14 @@ class SegNet(EncoderDecoder):
     DROPOUT_ENCODER_STAGES = (3, 4, 5)
     DROPOUT_DECODER_STAGES = (5, 4, 3)
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 11, width: float = 1.0, dropout: float = 0.0):
+    def __init__(self, in_channels: int = 3, num_classes: int = 11, width: float = 1.0, dropout: float = 0.0,
+                 *, rng=None):
         in_channels = _check_positive_int("SegNet", "in_channels", in_channels)
         num_classes = _check_positive_int("SegNet", "num_classes", num_classes)
         if isinstance(width, bool) or not isinstance(width, (int, float, np.floating, np.integer)) or not width > 0:
             raise ValueError(f"SegNet: expected width > 0, got {width!r}")
         dropout = _check_dropout("SegNet", dropout)
+        rng = _generator(rng)
 
         def scaled(channels):
             return tuple(max(1, round(c * width)) for c in channels)
@@ -328,14 +359,14 @@ class SegNet(EncoderDecoder):
         encoder, channels = [], in_channels
         for stage, convs in enumerate(VGG16_ENCODER, start=1):
             p = dropout if stage in self.DROPOUT_ENCODER_STAGES else 0.0
-            encoder.append(EncoderStage(channels, scaled(convs), kernel_size=3, dropout=p))
+            encoder.append(EncoderStage(channels, scaled(convs), kernel_size=3, dropout=p, rng=rng))
             channels = encoder[-1].out_channels
         decoder = []
         for stage, convs in zip(range(len(SEGNET_DECODER), 0, -1), SEGNET_DECODER):
             p = dropout if stage in self.DROPOUT_DECODER_STAGES else 0.0
-            decoder.append(DecoderStage(channels, scaled(convs), kernel_size=3, relu=True, dropout=p))
+            decoder.append(DecoderStage(channels, scaled(convs), kernel_size=3, relu=True, dropout=p, rng=rng))
             channels = decoder[-1].out_channels
-        classifier = Conv2d(channels, num_classes, kernel_size=3, padding=1)
+        classifier = Conv2d(channels, num_classes, kernel_size=3, padding=1, rng=rng)
         super().__init__(in_channels, num_classes, encoder, decoder, classifier)
         self.config = {
             "in_channels": in_channels,

@@ -15,7 +15,7 @@ It is built from the same :class:`~minisegnet.models.segnet.EncoderStage` and
 from __future__ import annotations
 
 from ..layers import Conv2d
-from .segnet import DecoderStage, EncoderDecoder, EncoderStage, _check_dropout, _check_positive_int
+from .segnet import DecoderStage, EncoderDecoder, EncoderStage, _check_dropout, _check_positive_int, _generator
 
 
 class SegNetBasic(EncoderDecoder):
@@ -35,6 +35,9 @@ class SegNetBasic(EncoderDecoder):
     has it: after the pooling of encoder stages 3 and 4 (``encdrop3``, ``encdrop4``) and
     after the conv → BN of decoder stages 4 and 3 (``decdrop4``, ``decdrop3``, just before
     the next unpooling).  See :class:`~minisegnet.models.BayesianSegNetBasic`.
+
+    ``rng`` (keyword only): an int seed or a ``numpy.random.Generator`` for every layer's
+    initialisation, as in :class:`~minisegnet.models.SegNet`.
     """
 
     arch = "segnet-basic"
@@ -49,6 +52,8 @@ class SegNetBasic(EncoderDecoder):
         channels: int = 64,
         kernel_size: int = 7,
         dropout: float = 0.0,
+        *,
+        rng=None,
     ):
         in_channels = _check_positive_int("SegNetBasic", "in_channels", in_channels)
         num_classes = _check_positive_int("SegNetBasic", "num_classes", num_classes)
@@ -57,6 +62,7 @@ class SegNetBasic(EncoderDecoder):
         if kernel_size % 2 == 0:
             raise ValueError(f"SegNetBasic: 'same' padding needs an odd kernel_size, got {kernel_size}")
         dropout = _check_dropout("SegNetBasic", dropout)
+        rng = _generator(rng)
 
         stages = range(1, self.NUM_STAGES + 1)
         encoder = [
@@ -65,6 +71,7 @@ class SegNetBasic(EncoderDecoder):
                 (channels,),
                 kernel_size=kernel_size,
                 dropout=dropout if stage in self.DROPOUT_ENCODER_STAGES else 0.0,
+                rng=rng,
             )
             for stage in stages
         ]
@@ -75,10 +82,11 @@ class SegNetBasic(EncoderDecoder):
                 kernel_size=kernel_size,
                 relu=False,
                 dropout=dropout if stage in self.DROPOUT_DECODER_STAGES else 0.0,
+                rng=rng,
             )
             for stage in reversed(stages)
         ]
-        classifier = Conv2d(channels, num_classes, kernel_size=1)
+        classifier = Conv2d(channels, num_classes, kernel_size=1, rng=rng)
         super().__init__(in_channels, num_classes, encoder, decoder, classifier)
         self.config = {
             "in_channels": in_channels,

@@ -1,0 +1,219 @@
+"""The settings of a training run: :class:`TrainConfig`, its defaults, its checks, and what a resumed run keeps.
+
+One dataclass holds everything that defines a run; it is saved in every checkpoint the run
+writes, so that the checkpoint says how its weights were made and a resumed run can go on
+with the same settings.
+
+**Defaults.**  SegNet-Basic on CamVid at 180×240, batch size 2, Adam (lr 1e-3, no weight
+decay) with a poly schedule (power 0.9) stretched over the run, median-frequency class weights
+(computed from the training labels), horizontal flips.  They were chosen by measurement for
+short CPU budgets (README, "Choosing the default recipe"): at an equal number of epochs, Adam
+with poly decay beat SegNet-Basic's Caffe solver (SGD, lr 0.1, momentum 0.9, weight decay 5e-4,
+constant lr) and SGD with poly decay, and batch size 2 beat 4.  The Caffe solver is one flag
+away: ``--optimizer sgd`` (lr 0.1 and weight decay 5e-4 come with it, see
+:data:`SOLVER_DEFAULTS`).  All defaults live in :class:`TrainConfig`.
+
+**Resuming.**  A resumed run is the run in its checkpoint, continued: the model, the data, the
+optimizer and the schedule are the checkpoint's, whatever the command line says, since anything
+else would not continue the same run.  Only the fields in
+:attr:`TrainConfig.RESUMABLE_OVERRIDES` come from the new settings (how far to go, where to
+compute and write, what to draw and log), and not even those when they are unset:
+
+* no length given (``epochs``, ``minutes`` and ``max_steps`` all None, a bare ``--resume``):
+  the run keeps the length it was planned with;
+* no ``data_dir`` given: it keeps the CamVid folder it started with.
+
+:meth:`TrainConfig.resumed` applies these rules; the result is validated afterwards, so a
+bare ``--resume`` passes the "how long to train" check with the checkpoint's length.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .backend import resolve_device
+from .data import NUM_CLASSES, parse_size
+from .models import MODELS
+
+__all__ = ["TrainConfig", "SOLVER_DEFAULTS", "OPTIMIZERS", "SCHEDULES", "DATASETS", "LOSS_NORMALIZATIONS"]
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("none", "step", "poly", "cosine")
+DATASETS = ("camvid", "synthetic")
+LOSS_NORMALIZATIONS = ("valid", "weights")
+
+# Learning rate and weight decay that go with each optimizer when none is given: SegNet-Basic's
+# Caffe solver for SGD (segnet_basic_solver.prototxt), the measured default for Adam.
+SOLVER_DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 5e-4}, "adam": {"lr": 1e-3, "weight_decay": 0.0}}
+
+_LENGTH = ("epochs", "minutes", "max_steps")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in every checkpoint it writes).
+
+    Model: ``model`` is a name in :data:`minisegnet.models.MODELS`; ``width`` scales SegNet's
+    channels; ``channels`` and ``kernel_size`` shape SegNet-Basic (None: 64 and 7, the
+    tutorial's); ``dropout`` overrides the architecture's dropout rate (None: its default).
+
+    Data: ``dataset`` is ``"camvid"`` (from ``data_dir``, or :func:`~minisegnet.data.find_camvid`
+    when None) or ``"synthetic"`` (``synthetic_train``/``synthetic_val`` scenes of
+    :class:`~minisegnet.data.SyntheticStreets`).  ``size`` is (H, W) or ``"HxW"``;
+    ``train_limit``/``val_limit`` keep that many images, evenly spaced (quick runs).
+    ``flip``/``crop`` are the training augmentation (crop: (h, w) cut from the resized image).
+
+    Length: ``epochs`` and/or ``minutes`` (the whole call's wall-time budget) and/or
+    ``max_steps``; whichever comes first ends the run.  At least one must be given (a resumed
+    run may take them from its checkpoint).
+
+    Optimisation: ``optimizer`` sgd | adam with ``lr``, ``momentum`` (SGD), ``weight_decay``;
+    ``schedule`` none | step (lr × ``lr_gamma`` every ``lr_step_epochs``) | poly (power
+    ``poly_power``) | cosine, stepped every iteration; ``class_weights`` median-frequency
+    balancing; ``loss_normalize`` "valid" (divide by the number of labelled pixels, as SegNet's
+    Caffe loss) or "weights" (by the sum of their class weights, as PyTorch's weighted loss).
+
+    Run: ``seed``, ``device`` cpu | cuda, ``out_dir``, ``eval_every`` (epochs),
+    ``recompute_bn``, ``resume`` (a checkpoint path or run folder, or ``"auto"``:
+    ``out_dir/last.npz`` if it exists; a resumed run keeps the checkpoint's settings except
+    those in ``RESUMABLE_OVERRIDES``, and keeps its length too when none is given here, see
+    :meth:`resumed`), ``figure`` (draw ``figure.png`` at the end), ``figure_interval`` (seconds
+    between refreshes of the figure during training), ``log_steps`` (a log record per step).
+    """
+
+    model: str = "segnet-basic"
+    width: float = 1.0
+    channels: int | None = None
+    kernel_size: int | None = None
+    dropout: float | None = None
+    dataset: str = "camvid"
+    data_dir: str | None = None
+    synthetic_train: int = 160
+    synthetic_val: int = 40
+    synthetic_seed: int = 0
+    size: tuple = (180, 240)
+    train_limit: int | None = None
+    val_limit: int | None = None
+    flip: bool = True
+    crop: tuple | None = None
+    batch_size: int = 2
+    epochs: int | None = None
+    minutes: float | None = None
+    max_steps: int | None = None
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "poly"
+    lr_step_epochs: int = 30
+    lr_gamma: float = 0.1
+    poly_power: float = 0.9
+    class_weights: bool = True
+    loss_normalize: str = "valid"
+    seed: int = 0
+    device: str = "cpu"
+    out_dir: str = "runs/segnet-basic"
+    eval_every: int = 1
+    recompute_bn: bool = False
+    resume: str | None = None
+    figure: bool = True
+    figure_interval: float = 60.0
+    log_steps: bool = True
+
+    # Fields a resumed run takes from the new config; all others come from the checkpoint.
+    RESUMABLE_OVERRIDES = ("epochs", "minutes", "max_steps", "device", "out_dir", "resume", "recompute_bn",
+                           "data_dir", "figure", "figure_interval", "log_steps", "eval_every")
+
+    def resumed(self, stored: "TrainConfig") -> "TrainConfig":
+        """The settings of a run resumed with these settings from a checkpoint that holds ``stored``.
+
+        ``stored``, except the fields of :attr:`RESUMABLE_OVERRIDES`, which come from ``self``;
+        but with no length given here (``epochs``, ``minutes``, ``max_steps`` all None) the
+        stored length is kept, and with no ``data_dir`` the stored folder.  Neither config is
+        changed; the result is not validated yet (call :meth:`validate`).
+        """
+        keep = set()
+        if self.data_dir is None:
+            keep.add("data_dir")  # the folder the run started with
+        if all(getattr(self, name) is None for name in _LENGTH):
+            keep.update(_LENGTH)  # go on as the run was planned
+        taken = {name: getattr(self, name) for name in self.RESUMABLE_OVERRIDES if name not in keep}
+        return dataclasses.replace(stored, **taken)
+
+    def validate(self) -> "TrainConfig":
+        """Check every field; raise ``ValueError`` naming the field, what it expects and what came."""
+
+        def positive_int(name, allow_none=False):
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"TrainConfig.{name}: expected a positive integer, got {value!r}")
+
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}: expected one of {', '.join(MODELS)}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}: expected one of {', '.join(DATASETS)}")
+        self.size = parse_size(self.size)
+        if self.crop is not None:
+            self.crop = parse_size(self.crop)
+            if self.crop[0] > self.size[0] or self.crop[1] > self.size[1]:
+                raise ValueError(f"TrainConfig.crop {self.crop} is larger than the image size {self.size}")
+        for name in ("batch_size", "synthetic_train", "synthetic_val", "eval_every", "lr_step_epochs"):
+            positive_int(name)
+        for name in ("epochs", "max_steps", "train_limit", "val_limit", "channels", "kernel_size"):
+            positive_int(name, allow_none=True)
+        if self.minutes is not None and not (isinstance(self.minutes, (int, float)) and self.minutes > 0):
+            raise ValueError(f"TrainConfig.minutes: expected a positive number of minutes, got {self.minutes!r}")
+        if self.epochs is None and self.minutes is None and self.max_steps is None:
+            raise ValueError("TrainConfig: give epochs, minutes or max_steps (how long to train)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if self.loss_normalize not in LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"unknown loss_normalize {self.loss_normalize!r}: expected one of {', '.join(LOSS_NORMALIZATIONS)}"
+            )
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr: expected a positive learning rate, got {self.lr!r}")
+        if not (isinstance(self.width, (int, float)) and self.width > 0):
+            raise ValueError(f"TrainConfig.width: expected a positive channel multiplier, got {self.width!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"TrainConfig.seed: expected a non-negative integer, got {self.seed!r}")
+        self.device = resolve_device(self.device)
+        return self
+
+    def model_kwargs(self) -> dict:
+        """The constructor arguments of the chosen architecture (only those it takes)."""
+        kwargs = {"in_channels": 3, "num_classes": NUM_CLASSES}
+        if self.model in ("segnet", "bayesian-segnet"):
+            kwargs["width"] = self.width
+        else:
+            if self.channels is not None:
+                kwargs["channels"] = self.channels
+            if self.kernel_size is not None:
+                kwargs["kernel_size"] = self.kernel_size
+        if self.dropout is not None:
+            kwargs["dropout"] = self.dropout
+        return kwargs
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """Rebuild from :meth:`to_dict` (unknown keys, e.g. from a newer version, are ignored)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"TrainConfig.from_dict: expected a dict of settings, got {type(values).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        config = cls(**{k: v for k, v in values.items() if k in names})
+        if config.size is not None:
+            config.size = tuple(config.size)
+        if config.crop is not None:
+            config.crop = tuple(config.crop)
+        return config

@@ -1,0 +1,54 @@
+"""The learning-rate schedule of a training run: which one, how long, and where it stands.
+
+``TrainConfig.schedule`` picks it (stepped once per iteration, never per epoch):
+
+=========  ================================================================================
+none       the learning rate stays ``lr``
+step       ``lr × lr_gamma`` every ``lr_step_epochs`` epochs (:class:`~minisegnet.optim.StepLR`)
+poly       ``lr × (1 - t/T) ** poly_power`` (:class:`~minisegnet.optim.PolyLR`), the default
+cosine     ``lr × (1 + cos(π t/T)) / 2`` (:class:`~minisegnet.optim.CosineLR`)
+=========  ================================================================================
+
+**How long** (``T``, poly and cosine only, :func:`schedule_length`): ``epochs`` when given (so
+resuming with more epochs stretches it), else the length already planned (a resumed run's),
+else ``max_steps``; with none of these the run has only a time budget, and the length is planned
+from it after a few steps (:meth:`minisegnet.budget.TimeBudget.planned_steps`).
+
+**Where it stands**: the schedules are closed-form in the step count, so a resumed run needs
+only its step to be exactly where the interrupted one was (:func:`make_scheduler`).
+"""
+from __future__ import annotations
+
+from .optim import CosineLR, PolyLR, StepLR
+
+__all__ = ["schedule_length", "make_scheduler", "planned_from_budget"]
+
+
+def planned_from_budget(config) -> bool:
+    """Whether the schedule's length comes from the time budget (poly/cosine, no epochs, no max_steps)."""
+    return config.schedule in ("poly", "cosine") and config.epochs is None and config.max_steps is None
+
+
+def schedule_length(config, steps_per_epoch: int, planned: int | None = None) -> int | None:
+    """``T`` of a poly/cosine schedule (None: other schedules, or not planned from the budget yet)."""
+    if config.schedule not in ("poly", "cosine"):
+        return None
+    if config.epochs is not None:
+        return config.epochs * steps_per_epoch
+    return planned if planned is not None else config.max_steps
+
+
+def make_scheduler(config, optimizer, steps_per_epoch: int, step: int, length: int | None):
+    """The schedule of ``config`` for ``optimizer``, positioned at ``step`` (None: none, or no length yet)."""
+    if config.schedule == "none":
+        return None
+    if config.schedule == "step":
+        scheduler = StepLR(optimizer, config.lr_step_epochs * steps_per_epoch, config.lr_gamma)
+    elif length is None:
+        return None  # a time-budgeted schedule: its length is measured after a few steps
+    elif config.schedule == "poly":
+        scheduler = PolyLR(optimizer, length, power=config.poly_power)
+    else:
+        scheduler = CosineLR(optimizer, length)
+    scheduler.load_state_dict({"type": type(scheduler).__name__, "base_lr": config.lr, "last_step": step})
+    return scheduler

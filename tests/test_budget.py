@@ -1,0 +1,92 @@
+"""The time budget, on a fake clock: the step estimate, the final reserve, whether a step fits, the plan."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from minisegnet.budget import PLAN_AFTER_STEPS, TimeBudget, format_clock
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def budget(minutes=1.0, **kw):
+    clock = Clock()
+    values = dict(train_batches=10, val_batches=4, figure=False, recompute_bn=False)
+    return TimeBudget(minutes, **{**values, **kw}, clock=clock), clock
+
+
+def test_the_step_estimate_leaves_out_the_first_step_and_keeps_the_recent_ones():
+    b, _ = budget()
+    assert b.step_estimate() == 0.0
+    b.record_step(5.0)  # the first, with its allocations
+    assert b.step_estimate() == 5.0  # nothing better yet
+    b.record_step(1.0)
+    b.record_step(2.0)
+    assert b.step_estimate() == 1.5
+    for _ in range(30):
+        b.record_step(0.5)
+    assert b.step_estimate() == 0.5 and b.steps_timed == 33
+
+
+def test_the_final_reserve_counts_evaluation_figure_checkpoints_and_bn():
+    b, _ = budget()
+    assert b.final_reserve() == 0.0
+    b.eval_batch_seconds, b.save_seconds = 0.5, 0.25
+    assert b.final_reserve() == pytest.approx(4 * 0.5 + 2 * 0.25)
+    b.figure = True
+    assert b.final_reserve() == pytest.approx(2.5 + 4.0)  # a guess until the figure has been drawn once
+    b.figure_seconds = 1.0
+    assert b.final_reserve() == pytest.approx(3.5)
+    b.recompute_bn = True  # a pass over the training set (1.2 eval batches a batch) and one more evaluation
+    assert b.final_reserve() == pytest.approx(3.5 + 0.5 * (10 * 1.2 + 4))
+
+
+def test_a_step_fits_when_it_and_the_end_of_the_run_fit():
+    b, clock = budget(minutes=1.0)
+    b.record_step(2.0)
+    b.record_step(2.0)
+    b.eval_batch_seconds = 1.0  # reserve 4 s
+    clock.now += 53.0
+    assert b.allows_step(steps_done=2)  # 53 + 2 + 4 <= 60
+    clock.now += 2.0
+    assert not b.allows_step(steps_done=2)
+    assert b.allows_step(steps_done=0)  # a run's first step always runs
+    unbounded, _ = budget(minutes=None)
+    assert unbounded.allows_step(10**6) and unbounded.left() == math.inf
+
+
+def test_planned_steps_divide_the_time_left_by_a_step_and_its_share_of_evaluations():
+    b, clock = budget(minutes=1.0)
+    b.eval_batch_seconds = 0.5  # an evaluation: 2 s, a final reserve of 2 s
+    for i in range(PLAN_AFTER_STEPS):
+        assert b.planned_steps(i, eval_every=1) is None  # not enough measured yet
+        b.record_step(1.0)
+    clock.now += 10.0
+    # left: 60 - 10 - 2 = 48 s; a step: 1 s + 2 s / 10 steps an epoch = 1.2 s -> 40 more steps
+    assert b.planned_steps(5, eval_every=1) == 5 + 40
+    assert b.planned_steps(5, eval_every=2) == 5 + int(48 / 1.1)
+    clock.now += 1000.0
+    assert b.planned_steps(5, eval_every=1) == 6  # at least one more step
+    assert budget(minutes=None)[0].planned_steps(5, 1) is None
+
+
+def test_bn_batches_fit_the_time_left():
+    b, clock = budget(minutes=1.0)
+    assert b.bn_batches() is None  # nothing measured: all of them
+    b.eval_batch_seconds = 1.0
+    clock.now += 50.0  # left 10 s - 4 s of evaluation = 6 s, at 1.1 s a batch
+    assert b.bn_batches() == 5
+    clock.now += 100.0
+    assert b.bn_batches() == 1
+
+
+def test_format_clock():
+    assert format_clock(0) == "00:00" and format_clock(75.4) == "01:15" and format_clock(-3) == "00:00"
+    assert format_clock(3 * 3600 + 61) == "3:01:01"

@@ -1,0 +1,76 @@
+"""The settings of a run: validation, and which settings a resumed run takes from where."""
+from __future__ import annotations
+
+import pytest
+
+from minisegnet.config import SOLVER_DEFAULTS, TrainConfig
+
+
+def stored_config(**overrides) -> TrainConfig:
+    """The settings a checkpoint holds (a run of 3 epochs of SGD on synthetic scenes)."""
+    values = dict(model="bayesian-segnet-basic", channels=8, dataset="synthetic", size=(32, 48), epochs=3,
+                  optimizer="sgd", lr=0.05, data_dir="/data/camvid", out_dir="runs/old", device="cpu")
+    return TrainConfig(**{**values, **overrides}).validate()
+
+
+def test_a_bare_resume_keeps_everything_of_the_run_and_its_length():
+    given = TrainConfig(resume="runs/old", out_dir="runs/old")  # no length, defaults everywhere else
+    merged = given.resumed(stored_config())
+    assert (merged.model, merged.channels, merged.dataset, merged.size) == ("bayesian-segnet-basic", 8, "synthetic",
+                                                                           (32, 48))
+    assert (merged.optimizer, merged.lr, merged.epochs) == ("sgd", 0.05, 3)
+    assert merged.data_dir == "/data/camvid" and merged.resume == "runs/old"
+    merged.validate()  # the length check sees the checkpoint's length
+
+
+def test_a_given_length_replaces_the_whole_planned_length():
+    merged = TrainConfig(minutes=2.0).resumed(stored_config(max_steps=50))
+    assert (merged.epochs, merged.minutes, merged.max_steps) == (None, 2.0, None)
+
+
+def test_only_the_resumable_fields_come_from_the_command_line():
+    given = TrainConfig(epochs=5, lr=1.0, model="segnet", size=(64, 64), device="cpu", out_dir="elsewhere",
+                        data_dir="/new/camvid", figure=False, eval_every=2)
+    merged = given.resumed(stored_config())
+    for name in TrainConfig.RESUMABLE_OVERRIDES:
+        assert getattr(merged, name) == getattr(given, name), name
+    assert (merged.lr, merged.model, merged.size) == (0.05, "bayesian-segnet-basic", (32, 48))  # ignored
+
+
+def test_resumed_changes_neither_config():
+    given, stored = TrainConfig(epochs=5), stored_config()
+    before = (given.to_dict(), stored.to_dict())
+    given.resumed(stored)
+    assert (given.to_dict(), stored.to_dict()) == before
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(model="unet"), "unknown model"),
+        (dict(epochs=None), "epochs, minutes or max_steps"),
+        (dict(size="180by240"), "bad size"),
+        (dict(optimizer="rmsprop"), "unknown optimizer"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(crop=(400, 400)), "crop"),
+        (dict(minutes=-1), "minutes"),
+        (dict(seed=-3), "seed"),
+        (dict(loss_normalize="mean"), "loss_normalize"),
+    ],
+)
+def test_validate_names_the_field(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{"epochs": 1, **overrides}).validate()
+
+
+def test_round_trip_and_unknown_keys():
+    config = stored_config(crop=(16, 16))
+    again = TrainConfig.from_dict({**config.to_dict(), "from_a_newer_version": 1})
+    assert again == config and again.size == (32, 48) and again.crop == (16, 16)
+    with pytest.raises(ValueError, match="dict"):
+        TrainConfig.from_dict(["not", "a", "dict"])
+
+
+def test_solver_defaults_are_the_caffe_solver_and_the_measured_adam():
+    assert SOLVER_DEFAULTS["sgd"] == {"lr": 0.1, "weight_decay": 5e-4}
+    assert SOLVER_DEFAULTS["adam"]["lr"] == TrainConfig().lr and TrainConfig().optimizer == "adam"
