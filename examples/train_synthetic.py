@@ -26,6 +26,8 @@ from minisegnet.train import TrainConfig, train
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="output folder (default: a temporary folder, removed at exit)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run in --out (without it, an earlier run there is refused)")
     parser.add_argument("--minutes", type=float, default=2.0, help="wall-time budget of the training (default: 2)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny model, data and step count: finishes in seconds (for smoke tests)")
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or tmp
         config = TrainConfig(model="segnet-basic", dataset="synthetic", optimizer="adam", lr=2e-3,
-                             weight_decay=0.0, seed=args.seed, out_dir=out, **setup)
+                             weight_decay=0.0, seed=args.seed, out_dir=out, overwrite=args.overwrite, **setup)
         result = train(config, progress=not args.quick)
         print(f"{result.steps} steps, {result.epochs_completed} epochs, stopped by {result.stopped_by}, "
               f"{result.wall_time:.1f} s")

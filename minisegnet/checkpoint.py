@@ -23,10 +23,14 @@ same directory, flushed to disk, then renamed over the target in one step, so a 
 error while saving never leaves a half-written checkpoint, and an older checkpoint at the
 same path survives any failure.
 
-:func:`load_checkpoint` refuses, with a message naming the file, anything that is not
-exactly right: a missing file, a file that is not a minisegnet checkpoint, a truncated or
-corrupt archive, a different architecture, missing / unexpected / mis-shaped arrays.
-Nothing in the model or optimizer changes unless everything fits.
+:func:`load_checkpoint` and :func:`load_model` refuse, with a ``ValueError`` (or
+``OSError``) naming the file, anything that is not exactly right: a missing file, a file that
+is not a minisegnet checkpoint, a truncated or corrupt archive, a format version that is not an
+integer in ``1..FORMAT_VERSION``, a stored architecture whose config is not a dict or holds
+keys its constructor does not take, an ``extra`` that is not a dict, a different architecture,
+missing / unexpected / mis-shaped arrays, and weights, buffers or optimizer state holding NaN or
+inf (what a diverged run leaves; :func:`nonfinite_arrays` lists them).  Nothing in the model or
+optimizer changes unless everything fits.
 
 :func:`load_vgg16_encoder` starts SegNet's encoder from VGG16 trained on ImageNet, as the
 SegNet paper did.
@@ -52,6 +56,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "read_checkpoint",
+    "nonfinite_arrays",
     "load_vgg16_encoder",
     "VGG16_CONV_KEYS",
 ]
@@ -238,6 +243,26 @@ def _json(arrays: dict, key: str, path):
         raise ValueError(f"{path}: entry {key!r} is not valid JSON ({exc})") from None
 
 
+def _format_version(value: np.ndarray, path) -> int:
+    """The file's format version: a 0-d integer array holding 1..FORMAT_VERSION (else ValueError naming both)."""
+    if value.shape != () or value.dtype.kind not in "iu":
+        shown = value.tolist() if value.size <= 4 else f"an array of shape {value.shape}"
+        raise ValueError(f"{path}: format_version {shown!r} (dtype {value.dtype}) is not an integer; "
+                         f"this minisegnet reads format {FORMAT_VERSION}: damaged checkpoint")
+    version = int(value)
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint format {version}, newer than this minisegnet reads ({FORMAT_VERSION}): "
+            "upgrade minisegnet"
+        )
+    if version < 1:
+        raise ValueError(
+            f"{path} has checkpoint format {version}, but formats start at 1 and this minisegnet reads "
+            f"format {FORMAT_VERSION}: damaged checkpoint, or not written by minisegnet"
+        )
+    return version
+
+
 def read_checkpoint(path, *, weights: bool = True) -> dict:
     """The contents of a checkpoint as plain Python and NumPy objects, without a model.
 
@@ -256,21 +281,25 @@ def read_checkpoint(path, *, weights: bool = True) -> dict:
         raise ValueError(
             f"{path} is not a minisegnet checkpoint (no '{FORMAT}' format entry; it holds: {shown or 'nothing'})"
         )
-    try:
-        version = int(arrays["format_version"])
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: format_version {arrays['format_version']!r} is not an integer") from None
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has checkpoint format {version}, newer than this minisegnet reads ({FORMAT_VERSION}): "
-            "upgrade minisegnet"
-        )
+    version = _format_version(arrays["format_version"], path)
+    config = _json(arrays, "config", path)
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"{path}: entry 'config' (the model's constructor arguments) should be a JSON object "
+                         f"(a dict), got {type(config).__name__} {json.dumps(config)[:60]}: damaged checkpoint")
+    dtype = _text(arrays, "dtype", path)
+    if dtype is not None:
+        try:
+            if np.dtype(dtype).kind != "f":
+                raise TypeError
+        except TypeError:
+            raise ValueError(f"{path}: entry 'dtype' is {dtype!r}, not a floating-point dtype such as 'float32': "
+                             "damaged checkpoint") from None
     contents = {
         "format_version": version,
         "arch": _text(arrays, "arch", path) or "",
-        "config": _json(arrays, "config", path),
+        "config": config,
         "model_class": _text(arrays, "model_class", path),
-        "dtype": _text(arrays, "dtype", path),
+        "dtype": dtype,
         "minisegnet_version": _text(arrays, "minisegnet_version", path),
         "model": OrderedDict((k[len(_MODEL):], v) for k, v in arrays.items() if k.startswith(_MODEL)),
         "optimizer": None,
@@ -285,7 +314,11 @@ def read_checkpoint(path, *, weights: bool = True) -> dict:
                     raise ValueError(f"{path}: malformed optimizer entry {key!r} (expected optim/state/<index>/<name>)")
                 state.setdefault(int(index), {})[name] = value
         contents["optimizer"] = {**meta, "state": state}
-    extra = _json(arrays, "extra", path) or {}
+    extra = _json(arrays, "extra", path)
+    extra = {} if extra is None else extra
+    if not isinstance(extra, dict):
+        raise ValueError(f"{path}: entry 'extra' should hold a JSON object (a dict), got {type(extra).__name__}: "
+                         "damaged checkpoint")
     for key, value in arrays.items():
         if key.startswith(_EXTRA_ARRAYS):
             extra[key[len(_EXTRA_ARRAYS):]] = value
@@ -315,9 +348,64 @@ def _state_differences(model: Module, state: dict, limit: int = 8) -> str:
     return " | ".join(parts) if parts else "all arrays have matching names and shapes"
 
 
+def _check_stored_config(path, arch: str, config) -> None:
+    """A registered ``arch`` needs a config dict whose keys its constructor takes (else ValueError naming the file).
+
+    ``None`` (``"config": null``) and unknown keys never come from :func:`save_checkpoint` of a
+    registered model: the file was edited or damaged, and saying so beats the traceback of
+    ``build_model(arch, **config)`` or a list of mis-shaped arrays.
+    """
+    import inspect
+
+    from .models import MODELS
+
+    if arch not in MODELS:
+        return
+    cls = MODELS[arch]
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: the stored architecture {arch!r} has no constructor arguments (config is "
+                         f"{json.dumps(config)}, expected a dict such as {{\"num_classes\": 11}}): damaged checkpoint")
+    accepted = [name for name in list(inspect.signature(cls.__init__).parameters)[1:] if name != "rng"]
+    unknown = sorted(set(config) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"{path}: the stored architecture {arch!r} has constructor argument(s) {', '.join(map(repr, unknown))} "
+            f"that {cls.__name__} does not take (it takes {', '.join(accepted)}): damaged checkpoint, or written "
+            "by another minisegnet version"
+        )
+
+
+def nonfinite_arrays(arrays: dict) -> list[str]:
+    """Names of the floating arrays of ``arrays`` (name -> array) that hold a NaN or an infinity, with counts.
+
+    One reduction per array, on the host (checkpoint arrays are NumPy).
+    """
+    bad = []
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            bad.append(f"{name} ({int(value.size - np.count_nonzero(np.isfinite(value)))} of {value.size})")
+    return bad
+
+
+def _check_finite(path, contents: dict) -> None:
+    """Refuse weights, buffers or optimizer state with NaN/inf: a diverged run's file is not a model."""
+    arrays = dict(contents["model"])
+    for index, entries in (contents.get("optimizer") or {}).get("state", {}).items():
+        arrays.update({f"optimizer state {index}/{name}": value for name, value in entries.items()})
+    bad = nonfinite_arrays(arrays)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ValueError(
+            f"{path} holds non-finite values (NaN or inf) in {shown}: the run that wrote it diverged; "
+            "use an earlier checkpoint, or train again with a lower learning rate"
+        )
+
+
 def _check_architecture(path, contents: dict, model: Module) -> None:
     """The checkpoint's arch and config must be the model's (else ValueError naming both)."""
     arch, config = contents["arch"], contents["config"]
+    _check_stored_config(path, arch, config)
     model_arch, model_config = getattr(model, "arch", "") or "", _model_config(model)
     if arch or model_arch:
         same = arch == model_arch and config == model_config
@@ -350,6 +438,7 @@ def load_checkpoint(path, model: Module, optimizer=None) -> dict:
         raise TypeError(f"load_checkpoint expects a minisegnet Module, got {type(model).__name__}")
     contents = read_checkpoint(path)
     _check_architecture(path, contents, model)
+    _check_finite(path, contents)
     prepared = None
     if optimizer is not None:
         if contents["optimizer"] is None:
@@ -379,14 +468,20 @@ def load_model(path, device: str | None = None):
 
     device = resolve_device(device)
     contents = read_checkpoint(path)
-    arch, config = contents["arch"], contents["config"] or {}
+    arch, config = contents["arch"], contents["config"]
     if arch not in MODELS:
         raise ValueError(
-            f"{path} holds {_describe(arch, config, contents['model_class'])}, "
+            f"{path} holds {_describe(arch, config or {}, contents['model_class'])}, "
             "which is not in minisegnet.models.MODELS "
             f"({', '.join(MODELS)}): build the model yourself and call load_checkpoint(path, model)"
         )
-    model = build_model(arch, **config)
+    _check_stored_config(path, arch, config)
+    _check_finite(path, contents)
+    try:
+        model = build_model(arch, **config)
+    except (TypeError, ValueError) as exc:  # a value the constructor refuses (channels "many", ...)
+        raise ValueError(f"{path}: the stored architecture {arch!r} cannot be rebuilt ({exc}): damaged checkpoint") \
+            from None
     if contents["dtype"] and np.dtype(contents["dtype"]) != np.dtype(model.dtype):
         model.astype(contents["dtype"])
     try:

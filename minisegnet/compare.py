@@ -73,10 +73,11 @@ from .data import NUM_CLASSES, VOID_LABEL, parse_size
 from .grad_mode import no_grad
 from .layers import SoftmaxCrossEntropy
 from .optim import Adam
+from .run_folder import json_ready
 from .train import TrainConfig, train
 from .workspace import clear_workspace
 
-__all__ = ["VARIANTS", "compare_decoders", "measure_model", "markdown_table", "add_arguments", "main"]
+__all__ = ["VARIANTS", "compare_decoders", "kept_bytes", "measure_model", "markdown_table", "add_arguments", "main"]
 
 #: (arch, the article's name) of every variant, in the article's order
 VARIANTS = (
@@ -90,7 +91,7 @@ REFERENCE = "segnet-basic"  # decoder memory is also given as a multiple of this
 JSON_NAME, MARKDOWN_NAME, FIGURE_NAME = "decoders.json", "decoders.md", "decoders.png"
 # TrainConfig fields that the comparison sets itself, per variant or for all
 _FIXED_FIELDS = ("model", "out_dir", "dataset", "data_dir", "size", "minutes", "max_steps", "epochs", "seed",
-                 "device", "resume")
+                 "device", "resume", "overwrite")
 
 METHODS = {
     "parameters": "model.num_parameters()",
@@ -246,6 +247,7 @@ def compare_decoders(out_dir="runs/compare-decoders", *, data_dir=None, syntheti
                      minutes_each: float | None = None, max_steps: int | None = None, epochs: int | None = None,
                      variants=None, seed: int = 0, device: str = "cpu", memory_size=(360, 480), repeats: int = 3,
                      checkpoint: str = "last", progress: bool = True, command: str | None = None,
+                     overwrite: bool = False,
                      **train_options) -> dict:
     """Train, score and measure every decoder variant with one recipe; write the JSON, table and figure.
 
@@ -258,7 +260,9 @@ def compare_decoders(out_dir="runs/compare-decoders", *, data_dir=None, syntheti
     ``channels``, ``synthetic_train`` ...), the same for every variant.  ``checkpoint``:
     ``"last"`` (the model at the end of the budget) or ``"best"`` (best validation mIoU).
 
-    Each variant trains in ``out_dir/<arch>``.  Returns the dict written to
+    Each variant trains in ``out_dir/<arch>``.  A folder that already holds a comparison (its
+    ``decoders.json`` or a variant's run) is refused before anything is trained, unless
+    ``overwrite=True`` (``--overwrite``).  Returns the dict written to
     ``decoders.json``: ``settings``, ``machine``, ``methods``, ``variants`` (one row per
     variant) and ``files``.
     """
@@ -281,11 +285,17 @@ def compare_decoders(out_dir="runs/compare-decoders", *, data_dir=None, syntheti
     size, memory_size = parse_size(size), parse_size(memory_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = [p for p in [out / JSON_NAME, *(out / arch for arch, _ in chosen)] if p.exists()]
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a comparison ({', '.join(p.name for p in earlier)}): give --overwrite to replace "
+            "it, or choose another --out folder"
+        )
     dataset = "synthetic" if synthetic else "camvid"
     configs = {
         arch: TrainConfig(model=arch, dataset=dataset, data_dir=None if synthetic else data_dir, size=size,
                           minutes=minutes_each, max_steps=max_steps, epochs=epochs, seed=seed, device=device,
-                          out_dir=str(out / arch), **train_options).validate()
+                          out_dir=str(out / arch), overwrite=overwrite, **train_options).validate()
         for arch, _ in chosen
     }  # all validated before the first minute of training
 
@@ -350,22 +360,10 @@ def compare_decoders(out_dir="runs/compare-decoders", *, data_dir=None, syntheti
     return report
 
 
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _write_json(path, report) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_ready(report), indent=2) + "\n")
+    tmp.write_text(json.dumps(json_ready(report), indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -493,6 +491,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
                         help="score the last checkpoint (default) or the best by validation mIoU")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to compute (default: cpu)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier comparison in --out (refused otherwise)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -509,7 +509,7 @@ def run_from_args(args, command: str | None = None) -> dict:
                             minutes_each=args.minutes_each, max_steps=args.max_steps, epochs=args.epochs,
                             variants=variants, seed=args.seed, device=args.device, memory_size=args.memory_size,
                             repeats=args.repeats, checkpoint=args.checkpoint, progress=not args.quiet,
-                            command=command, **options)
+                            command=command, overwrite=args.overwrite, **options)
 
 
 def main(argv=None) -> int:

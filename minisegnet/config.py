@@ -25,6 +25,15 @@ compute and write, what to draw and log), and not even those when they are unset
 
 :meth:`TrainConfig.resumed` applies these rules; the result is validated afterwards, so a
 bare ``--resume`` passes the "how long to train" check with the checkpoint's length.
+
+**What a resume cannot change is refused, not ignored.**  Settings given on purpose with a
+resume (the command line's options; in Python, the fields that differ from their defaults,
+:meth:`TrainConfig.changed_fields`) that are not resumable must equal the run's own: the
+original command with ``--resume`` added runs, but ``--resume --lr 0.01`` on a run trained at
+1e-3, or another ``--size`` or ``--model``, stops with one line that names each such option,
+the value given and the run's.  An error rather than a warning, because whoever asked for
+another learning rate expects it to apply, and a run that went on with the old one would
+answer another question than the one asked.
 """
 from __future__ import annotations
 
@@ -82,6 +91,12 @@ class TrainConfig:
     those in ``RESUMABLE_OVERRIDES``, and keeps its length too when none is given here, see
     :meth:`resumed`), ``figure`` (draw ``figure.png`` at the end), ``figure_interval`` (seconds
     between refreshes of the figure during training), ``log_steps`` (a log record per step).
+
+    Safety: ``save_every`` (minutes between writes of ``last.npz`` in the middle of an epoch,
+    so that a kill loses at most that much; 0: only at evaluations), ``overwrite`` (a fresh
+    run may replace the run already in ``out_dir``; without it that is refused),
+    ``memory_check`` (refuse, before the data is decoded, a size or batch whose training
+    step would not fit in the available memory; see :mod:`minisegnet.budget`).
     """
 
     model: str = "segnet-basic"
@@ -122,19 +137,42 @@ class TrainConfig:
     figure: bool = True
     figure_interval: float = 60.0
     log_steps: bool = True
+    save_every: float = 5.0
+    overwrite: bool = False
+    memory_check: bool = True
 
     # Fields a resumed run takes from the new config; all others come from the checkpoint.
     RESUMABLE_OVERRIDES = ("epochs", "minutes", "max_steps", "device", "out_dir", "resume", "recompute_bn",
-                           "data_dir", "figure", "figure_interval", "log_steps", "eval_every")
+                           "data_dir", "figure", "figure_interval", "log_steps", "eval_every", "save_every",
+                           "overwrite", "memory_check")
 
-    def resumed(self, stored: "TrainConfig") -> "TrainConfig":
+    def resumed(self, stored: "TrainConfig", given=()) -> "TrainConfig":
         """The settings of a run resumed with these settings from a checkpoint that holds ``stored``.
 
         ``stored``, except the fields of :attr:`RESUMABLE_OVERRIDES`, which come from ``self``;
         but with no length given here (``epochs``, ``minutes``, ``max_steps`` all None) the
         stored length is kept, and with no ``data_dir`` the stored folder.  Neither config is
         changed; the result is not validated yet (call :meth:`validate`).
+
+        ``given``: the fields the user set on purpose (a dict ``{field: label}``, e.g.
+        ``{"lr": "--lr"}``, or just field names).  A given field that a resume would ignore
+        (not resumable) must hold the run's own value: re-typing the original command with
+        ``--resume`` is fine, but asking for another learning rate or size is refused with a
+        ``ValueError`` that names every such field, the value given and the run's, since
+        going on silently with the run's would not be what was asked.
         """
+        conflicts = [
+            f"{label} {_shown(getattr(self, name))} (the run has {_shown(getattr(stored, name))})"
+            for name, label in _labelled(given).items()
+            if name not in self.RESUMABLE_OVERRIDES and not _same_setting(name, getattr(self, name),
+                                                                          getattr(stored, name))
+        ]
+        if conflicts:
+            raise ValueError(
+                "a resumed run keeps the settings it was started with, but these were given with other values: "
+                + "; ".join(conflicts) + ". Drop them to continue the run, or start a new run in another folder "
+                "(or with --overwrite)"
+            )
         keep = set()
         if self.data_dir is None:
             keep.add("data_dir")  # the folder the run started with
@@ -184,8 +222,18 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.width: expected a positive channel multiplier, got {self.width!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"TrainConfig.seed: expected a non-negative integer, got {self.seed!r}")
+        if (isinstance(self.save_every, bool) or not isinstance(self.save_every, (int, float))
+                or not self.save_every >= 0 or self.save_every == float("inf")):
+            raise ValueError(f"TrainConfig.save_every: expected minutes >= 0 (0: only at evaluations), "
+                             f"got {self.save_every!r}")
         self.device = resolve_device(self.device)
         return self
+
+    def changed_fields(self) -> dict:
+        """The fields whose values differ from the defaults, ``{field: field}`` (what was set on purpose)."""
+        defaults = TrainConfig()
+        return {f.name: f.name for f in dataclasses.fields(self)
+                if not _same_setting(f.name, getattr(self, f.name), getattr(defaults, f.name))}
 
     def model_kwargs(self) -> dict:
         """The constructor arguments of the chosen architecture (only those it takes)."""
@@ -217,3 +265,26 @@ class TrainConfig:
         if config.crop is not None:
             config.crop = tuple(config.crop)
         return config
+
+
+def _labelled(given) -> dict:
+    """``given`` as ``{field: label}`` (a plain list of fields is labelled with the field names)."""
+    return dict(given) if isinstance(given, dict) else {name: name for name in given}
+
+
+def _same_setting(name: str, a, b) -> bool:
+    """Whether two values of a setting mean the same (sizes as tuples, numbers by value)."""
+    if name in ("size", "crop"):
+        try:
+            a = None if a is None else parse_size(a)
+            b = None if b is None else parse_size(b)
+        except ValueError:
+            return False
+    return a == b
+
+
+def _shown(value) -> str:
+    """A setting as a user typed it: sizes as HxW."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}x{value[1]}"
+    return str(value)

@@ -15,20 +15,34 @@ of that step, and an evaluation holds only the current feature map and the pooli
 ``compute_bn_statistics.py`` does after training: one pass over the training images (no
 augmentation) with the final weights, averaging each BatchNorm layer's batch mean and variance
 into its running statistics (:func:`recompute_bn_statistics`).
+
+**Reports.**  :func:`evaluation_report` gathers the scores of :func:`evaluate_checkpoint` with
+what produced them (checkpoint, data folder, split, size) into one JSON-ready dict, and
+:func:`write_json` writes it atomically (``minisegnet evaluate --json FILE``): a temporary file
+beside ``FILE``, fsynced, renamed over it, so a reader never sees half a report.
 """
 from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import tempfile
+from pathlib import Path
 
 from .backend import to_device, to_numpy
 from .checkpoint import load_model
 from .config import TrainConfig
-from .data import NUM_CLASSES, VOID_LABEL, BatchLoader, CamVid, SyntheticStreets, find_camvid, parse_size
+from .data import CLASS_NAMES, NUM_CLASSES, VOID_LABEL, BatchLoader, CamVid, SyntheticStreets, find_camvid
 from .grad_mode import no_grad
+from .inference import check_input_size, checkpoint_inputs
 from .layers import BatchNorm2d, Dropout
 from .metrics import BoundaryF1, ConfusionMatrix
 from .run_data import evenly_spaced
-from .run_folder import checkpoint_preprocessing
+from .run_folder import json_ready
 
-__all__ = ["evaluate", "recompute_bn_statistics", "evaluate_checkpoint"]
+__all__ = ["evaluate", "recompute_bn_statistics", "evaluate_checkpoint", "evaluation_report", "write_json",
+           "check_output_file"]
 
 
 def _batches(loader):
@@ -36,7 +50,7 @@ def _batches(loader):
 
 
 def evaluate(model, loader, num_classes: int = NUM_CLASSES, ignore_index: int | None = VOID_LABEL,
-             boundary: bool = False, samples: int | None = None) -> dict:
+             boundary: bool = False, samples: int | None = None, progress: bool = False) -> dict:
     """Score ``model`` on every batch of ``loader``: G, C, mIoU, per-class IoU (and BF).
 
     One confusion matrix is accumulated over the whole split (void pixels left out), so the
@@ -45,14 +59,20 @@ def evaluate(model, loader, num_classes: int = NUM_CLASSES, ignore_index: int | 
     Monte-Carlo dropout (Bayesian SegNet: argmax of the mean of that many softmax samples).
 
     Returns :meth:`~minisegnet.metrics.ConfusionMatrix.summary` (``global_accuracy``,
-    ``class_accuracy``, ``mean_iou``, ``per_class_iou``, ...) plus ``boundary_f1`` (NaN when
-    not asked), ``confusion_matrix`` (a nested list) and ``num_images``.  Runs inside
-    ``no_grad()``; the model's modes are left as they were.
+    ``class_accuracy``, ``mean_iou``, ``per_class_iou``, ...) plus ``boundary_f1`` and
+    ``per_class_boundary_f1`` (NaN when not asked), ``confusion_matrix`` (a nested list) and
+    ``num_images``.  Runs inside ``no_grad()``; the model's modes are left as they were.
+    ``progress=True`` shows a tqdm bar (images scored) on stderr.
     """
+    from tqdm.auto import tqdm
+
     cm = ConfusionMatrix(num_classes, ignore_index)
     bf = BoundaryF1(num_classes, ignore_index) if boundary else None
     images = 0
-    with no_grad():
+    dataset = getattr(loader, "dataset", None)
+    bar = tqdm(total=len(dataset) if dataset is not None else None, desc="evaluate", unit="image",
+               disable=not progress, dynamic_ncols=True, leave=False)
+    with no_grad(), bar:
         for x, y in _batches(loader):
             x = to_device(x, model.device)
             if samples:
@@ -65,8 +85,11 @@ def evaluate(model, loader, num_classes: int = NUM_CLASSES, ignore_index: int | 
             if bf is not None:
                 bf.update(pred, y)
             images += len(y)
+            bar.update(len(y))
     out = cm.summary()
     out["boundary_f1"] = bf.value() if bf is not None else float("nan")
+    per_class_bf = bf.per_class() if bf is not None else [float("nan")] * num_classes
+    out["per_class_boundary_f1"] = [float(v) for v in per_class_bf]
     out["confusion_matrix"] = cm.matrix.tolist()
     out["num_images"] = images
     return out
@@ -115,19 +138,25 @@ def recompute_bn_statistics(model, loader, max_batches: int | None = None) -> in
 
 def evaluate_checkpoint(checkpoint, data_dir=None, split: str = "val", *, boundary: bool = True,
                         size=None, batch_size: int = 4, device=None, samples: int | None = None,
-                        limit: int | None = None, dataset: str = "camvid"):
+                        limit: int | None = None, dataset: str = "camvid", progress: bool = False):
     """Load ``checkpoint`` and score it on a CamVid split (or on synthetic scenes).
 
-    Images and labels are resized to the training size (``size`` overrides it) and normalised
-    with the training split's statistics, both read from the checkpoint.  ``dataset="synthetic"``
-    scores the validation scenes of the run that wrote the checkpoint.  Returns
-    ``(scores, model, extra)`` with ``scores`` as :func:`evaluate` gives them.
+    Images and labels are resized to the training size (``size`` overrides it; too small for the
+    model is an error) and normalised with the training split's statistics, both read from the
+    checkpoint.  ``dataset="synthetic"`` scores the validation scenes of the run that wrote the
+    checkpoint.  Returns ``(scores, model, extra)`` with ``scores`` as :func:`evaluate` gives
+    them, plus ``size`` (``[H, W]``, the size scored at).
     """
     model, extra = load_model(checkpoint, device=device)
-    mean, std, train_size = checkpoint_preprocessing(extra, checkpoint)
-    size = train_size if size is None else parse_size(size)
+    mean, std, train_size = checkpoint_inputs(extra, checkpoint)
+    size = check_input_size(model, train_size if size is None else size,
+                            "--size" if size is not None else f"the training size of {checkpoint}")
     if dataset == "synthetic":  # the validation scenes of the run that wrote the checkpoint
-        run = TrainConfig.from_dict(extra.get("train_config", {}))
+        stored = extra.get("train_config", {})
+        if not isinstance(stored, dict):
+            raise ValueError(f"{checkpoint}: its train_config is {json.dumps(stored)[:40]}, not a dict of settings: "
+                             "damaged checkpoint (the synthetic scenes of its run cannot be made again)")
+        run = TrainConfig.from_dict(stored)
         data = evenly_spaced(SyntheticStreets.splits(run.synthetic_train, run.synthetic_val, size=size,
                                                      seed=run.synthetic_seed)[1], limit)
     else:
@@ -136,5 +165,94 @@ def evaluate_checkpoint(checkpoint, data_dir=None, split: str = "val", *, bounda
             raise FileNotFoundError("no CamVid folder given and none found: pass --data DIR")
         data = evenly_spaced(CamVid(root, split, size=size), limit)
     loader = BatchLoader(data, batch_size, mean=mean, std=std)
-    scores = evaluate(model, loader, boundary=boundary, samples=samples)
+    scores = evaluate(model, loader, boundary=boundary, samples=samples, progress=progress)
+    scores["size"] = list(size)
     return scores, model, extra
+
+
+def evaluation_report(scores: dict, *, checkpoint, model, extra: dict, data_dir=None, split: str = "val",
+                      dataset: str = "camvid", samples: int | None = None, limit: int | None = None,
+                      class_names=CLASS_NAMES) -> dict:
+    """The scores of :func:`evaluate_checkpoint` and what produced them, as one JSON-ready dict.
+
+    Keys: ``checkpoint`` (absolute path), ``arch``, ``step`` and ``epoch`` of the checkpoint,
+    ``dataset``, ``data`` (the CamVid folder, absolute; None for synthetic scenes), ``split``,
+    ``size`` ``[H, W]``, ``num_images``, ``samples``, ``limit``; the scores ``global_accuracy``,
+    ``class_accuracy``, ``mean_iou``, ``boundary_f1``; ``per_class``: for each class name its
+    ``iou``, ``accuracy`` and ``boundary_f1``; ``confusion_matrix`` (rows: truth, columns:
+    prediction); ``minisegnet_version``.  Undefined scores (a class absent from the split, BF
+    not computed) are ``null``.
+    """
+    from . import __version__
+
+    names = list(class_names) if len(class_names) == len(scores["per_class_iou"]) else \
+        [f"class {i}" for i in range(len(scores["per_class_iou"]))]
+    per_class = {
+        name: {"iou": iou, "accuracy": accuracy, "boundary_f1": bf}
+        for name, iou, accuracy, bf in zip(names, scores["per_class_iou"], scores["per_class_accuracy"],
+                                           scores["per_class_boundary_f1"])
+    }
+    if dataset == "camvid" and data_dir is None:
+        data_dir = find_camvid()
+    report = {
+        "checkpoint": os.path.abspath(checkpoint),
+        "arch": getattr(model, "arch", None),
+        "step": extra.get("step"),
+        "epoch": extra.get("epoch"),
+        "dataset": dataset,
+        "data": None if dataset == "synthetic" or data_dir is None else os.path.abspath(data_dir),
+        "split": "val" if dataset == "synthetic" else split,
+        "size": list(scores["size"]),
+        "num_images": scores["num_images"],
+        "samples": samples,
+        "limit": limit,
+        "global_accuracy": scores["global_accuracy"],
+        "class_accuracy": scores["class_accuracy"],
+        "mean_iou": scores["mean_iou"],
+        "boundary_f1": scores["boundary_f1"],
+        "per_class": per_class,
+        "confusion_matrix": scores["confusion_matrix"],
+        "minisegnet_version": __version__,
+    }
+    return json_ready(report)
+
+
+def check_output_file(path) -> Path:
+    """Make sure ``path`` can be written (its folder created, writable; not a folder) before any work.
+
+    Raises ``OSError`` naming the file and the reason.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder (give a file name, e.g. {path / 'scores.json'})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe.tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(f"cannot write {path} ({exc.strerror or type(exc).__name__}): choose another file or folder") \
+            from None
+    return path
+
+
+def write_json(path, obj) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, fsync, rename); return ``path``.
+
+    On any error the temporary file is removed and an older file at ``path`` is left as it was.
+    """
+    path = check_output_file(path)
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask decides, as open() does
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path

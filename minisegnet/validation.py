@@ -41,3 +41,26 @@ def check_grad_shape(layer: str, grad, expected_shape):
             f"(the forward output), got {tuple(grad.shape)}"
         )
     return grad
+
+
+def check_matches_parameters(layer: str, x, parameter):
+    """The input must live on the parameter's device and have its dtype (no silent casts).
+
+    A float64 input into a float32 layer is refused rather than cast, so a float64 gradient
+    check can never run through float32 arithmetic unnoticed; convert the layer with
+    ``.double()`` / ``.float()`` or the input.  Returns the array module.
+    """
+    from .backend import device_of, get_array_module
+
+    xp = get_array_module(x)
+    if xp is not get_array_module(parameter):
+        raise ValueError(
+            f"{layer}: expected the input on the parameters' device {device_of(parameter)!r}, got a "
+            f"{device_of(x)!r} input (move one of them with .to())"
+        )
+    if x.dtype != parameter.dtype:
+        raise TypeError(
+            f"{layer}: expected an input of the layer's dtype {parameter.dtype}, got {x.dtype} "
+            "(convert the input, or the layer with .double() / .float())"
+        )
+    return xp

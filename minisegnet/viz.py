@@ -14,7 +14,8 @@ Images may come as the loader gives them (float32 (3, H, W), normalised per chan
 ``mean`` and ``std`` used to normalise) or as stored on disk (uint8 (H, W, 3)); see
 :func:`to_uint8_image`.
 
-Two compositions serve the command line: :func:`training_figure` (a run's ``figure.png``) and
+Two compositions serve the command line: :func:`training_figure` (a run's ``figure.png``;
+:func:`run_figure` makes it from the model itself) and
 :func:`save_prediction` (the files ``minisegnet predict`` writes for one image).  Figures may be
 written to a path or to a binary file object, so a composition is assembled in memory and only
 its result touches the disk (atomically: no half-written ``figure.png`` after a kill).
@@ -43,6 +44,7 @@ __all__ = [
     "prediction_grid",
     "training_curves",
     "training_figure",
+    "run_figure",
     "stack_pngs",
     "read_log",
 ]
@@ -490,3 +492,23 @@ def training_figure(log_records, images, targets, predictions, path, *, title: s
     training_curves(log_records, curves, title=title, dpi=dpi)
     prediction_grid(images, targets, predictions, grid, max_rows=max_rows, mean=mean, std=std, dpi=dpi)
     return stack_pngs([curves, grid], path)
+
+
+def run_figure(log_records, model, dataset, path, *, mean, std, device="cpu", title: str | None = None,
+               max_rows: int = 4) -> Path:
+    """:func:`training_figure` of a model during its training: its predictions of a few images of ``dataset``.
+
+    Up to ``max_rows`` images, evenly spread over ``dataset`` (an :class:`~minisegnet.data.ArrayDataset`:
+    uint8 ``images``, ``labels``), are normalised with ``mean``/``std``, moved to ``device`` and
+    predicted under :func:`~minisegnet.no_grad` (which keeps the caches of a step under way as they are).
+    """
+    from .backend import to_device
+    from .data import normalize
+    from .grad_mode import no_grad
+
+    rows = min(max_rows, len(dataset))
+    picks = np.unique(np.linspace(0, len(dataset) - 1, rows).round().astype(np.intp))
+    images, targets = dataset.images[picks], dataset.labels[picks]
+    with no_grad():
+        predictions = to_numpy(model.predict(to_device(normalize(images, mean, std), device)))
+    return training_figure(log_records, images, targets, predictions, path, title=title, max_rows=rows)

@@ -90,3 +90,28 @@ def test_bn_batches_fit_the_time_left():
 def test_format_clock():
     assert format_clock(0) == "00:00" and format_clock(75.4) == "01:15" and format_clock(-3) == "00:00"
     assert format_clock(3 * 3600 + 61) == "3:01:01"
+
+
+# -- memory ------------------------------------------------------------------------------------
+def test_the_probe_is_the_run_size_when_small_else_about_as_many_pixels_as_allowed():
+    from minisegnet.budget import PROBE_PIXELS, probe_size
+
+    assert probe_size((32, 48)) == (32, 48)
+    h, w = probe_size((360, 480))
+    assert h % 32 == 0 and w % 32 == 0 and 0.5 * PROBE_PIXELS <= h * w <= 2 * PROBE_PIXELS
+    assert abs(w / h - 480 / 360) < 0.4
+
+
+def test_the_estimate_grows_with_the_batch_and_capped_scratch_stops_at_its_cap():
+    from minisegnet.budget import MemoryEstimate
+
+    e = MemoryEstimate(per_image=100, capped_workspace=30, capped_limit=50, parameters=7, data=11, batch_size=1,
+                       size=(64, 96), available=1000)
+    assert e.step(1) == 100 + 30 + 7 and e.step(4) == 400 + 50 + 7 and e.total == e.step() + 11
+    assert e.fits() and e.largest_batch() == 9  # 900 + 50 + 7 + 11 <= 1000
+    assert not MemoryEstimate(**{**e.__dict__, "batch_size": 10}).fits()
+    unknown = MemoryEstimate(**{**e.__dict__, "available": None, "batch_size": 10 ** 6})
+    assert unknown.fits()  # nothing known: nothing refused
+    gpu = MemoryEstimate(**{**e.__dict__, "device": "cuda", "device_available": 100, "available": 20})
+    assert not gpu.fits() and "cuda memory: 0.00 GiB available" in gpu.refusal()  # the step is on the device
+    assert MemoryEstimate(**{**gpu.__dict__, "device_available": 200}).fits()  # the images (11) are on the host

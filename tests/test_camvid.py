@@ -249,3 +249,70 @@ def test_median_frequency_weights_real_camvid():
     others = np.delete(ratio, sign)
     assert np.all((others > 0.8) & (others < 1.25)), ratio
     assert 0.35 < ratio[sign] < 0.45, ratio[sign]
+
+
+# ---------------------------------------------------------------- damaged datasets: each error names the file
+
+
+def test_non_utf8_list_file_names_file_line_and_byte(tmp_path):
+    make_fake_camvid(tmp_path)
+    (tmp_path / "train.txt").write_bytes(
+        b"/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/a.png\n"
+        b"/SegNet/CamVid/train/b\xe9.png /SegNet/CamVid/trainannot/b.png\n"
+    )
+    with pytest.raises(ValueError, match=r"train\.txt:2: not UTF-8 text \(byte 0xe9 at offset \d+\)"):
+        CamVid(tmp_path, "train")
+    (tmp_path / "train.txt").write_bytes(b"\x00\x01binary")
+    with pytest.raises(ValueError, match=r"train\.txt: holds NUL bytes"):
+        CamVid(tmp_path, "train")
+
+
+def test_a_folder_where_a_file_should_be(tmp_path):
+    make_fake_camvid(tmp_path)
+    (tmp_path / "trainannot" / "d.png").mkdir()
+    (tmp_path / "train.txt").write_text("/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/d.png\n")
+    with pytest.raises(IsADirectoryError, match=r"train\.txt:1 names .*d\.png, but .*d\.png is a folder"):
+        CamVid(tmp_path, "train")
+    (tmp_path / "train.txt").unlink()  # the folder listing: a folder named like an image
+    with pytest.raises(IsADirectoryError, match=r"trainannot/d\.png is a folder, not an image file"):
+        CamVid(tmp_path, "train")
+    with pytest.raises(IsADirectoryError, match=r"d\.png: it is a folder"):
+        read_label(tmp_path / "trainannot" / "d.png")
+    (tmp_path / "trainannot" / "d.png").rmdir()
+    (tmp_path / "train.txt").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"list file .*train\.txt is a folder"):
+        CamVid(tmp_path, "train")
+
+
+@pytest.mark.parametrize("damage", ["zero bytes", "truncated"])
+def test_truncated_and_empty_pngs_name_the_file(tmp_path, damage):
+    make_fake_camvid(tmp_path)
+    label = tmp_path / "trainannot" / "a.png"
+    label.write_bytes(b"" if damage == "zero bytes" else label.read_bytes()[:30])
+    with pytest.raises(ValueError, match=r"cannot read label image .*trainannot/a\.png"):
+        CamVid(tmp_path, "train")[1]
+
+
+def test_image_and_label_of_different_sizes(tmp_path):
+    make_fake_camvid(tmp_path)
+    Image.fromarray(np.zeros((H + 1, W, 3), np.uint8)).save(tmp_path / "train" / "c.png")
+    with pytest.raises(ValueError, match=rf"c\.png is {H + 1}x{W} but its label .*c\.png is {H}x{W}"):
+        CamVid(tmp_path, "train")[2]
+
+
+@pytest.mark.parametrize("value", [12, 255])
+def test_label_value_just_above_void_and_255(tmp_path, value):
+    make_fake_camvid(tmp_path)
+    Image.fromarray(np.full((H, W), value, np.uint8)).save(tmp_path / "trainannot" / "a.png")
+    with pytest.raises(ValueError, match=rf"a\.png holds value {value}, expected 0\.\.11"):
+        CamVid(tmp_path, "train")[1]
+
+
+def test_empty_split(tmp_path):
+    (tmp_path / "val").mkdir()
+    (tmp_path / "valannot").mkdir()
+    with pytest.raises(ValueError, match="split 'val' in .* holds no images"):
+        CamVid(tmp_path, "val")
+    (tmp_path / "val.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="holds no images"):
+        CamVid(tmp_path, "val")

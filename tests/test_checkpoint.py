@@ -466,3 +466,88 @@ def train_steps_on(model, optimizer, seed, xp):
     optimizer.zero_grad()
     model.backward(xp.asarray(rng.standard_normal(y.shape).astype(np.float32)))
     optimizer.step()
+
+
+# -- damaged checkpoints: one ValueError naming the file, never a traceback of another kind ---------
+
+def _basic_checkpoint(tmp_path, name="basic.npz"):
+    from minisegnet.models import SegNetBasic
+
+    model = SegNetBasic(channels=4, kernel_size=3, num_classes=5)
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    y = model.train()(np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32))
+    model.backward(np.ones_like(y))
+    opt.step()  # momentum buffers exist after one step
+    path = tmp_path / name
+    save_checkpoint(path, model, opt, extra={"epoch": 1})
+    return model, path
+
+
+def _config_of(path):
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["config"]))
+
+
+DAMAGED_ENTRIES = {  # entry -> (new value or a function of the stored config, what the message says)
+    "version 0": ("format_version", np.asarray(0), r"format 0, but formats start at 1 and this minisegnet reads "
+                                                   r"format 1"),
+    "negative version": ("format_version", np.asarray(-3), "format -3, but formats start at 1"),
+    "float version": ("format_version", np.asarray(1.5), r"format_version 1.5 \(dtype float64\) is not an integer"),
+    "string version": ("format_version", np.asarray("1"), "format_version '1' .* is not an integer"),
+    "unknown constructor key": ("config", lambda c: json.dumps({**c, "frobs": 3}),
+                                "'frobs' that SegNetBasic does not take"),
+    "config is a list": ("config", lambda c: json.dumps([1, 2]), "'config' .* should be a JSON object"),
+    "config is null": ("config", lambda c: "null", "has no constructor arguments"),
+    "bad constructor value": ("config", lambda c: json.dumps({**c, "channels": "many"}), "cannot be rebuilt"),
+    "extra is a list": ("extra", lambda c: "[1]", "'extra' should hold a JSON object"),
+    "unknown dtype": ("dtype", np.asarray("float13"), "'dtype' is 'float13'"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_ENTRIES))
+@pytest.mark.parametrize("loader", ["load_model", "load_checkpoint"])
+def test_damaged_entries_are_refused_naming_the_file(tmp_path, case, loader):
+    model, good = _basic_checkpoint(tmp_path)
+    key, value, message = DAMAGED_ENTRIES[case]
+    if callable(value):
+        value = np.asarray(value(_config_of(good)))
+    bad = tmp_path / "damaged.npz"
+    _rewrite(good, bad, lambda a: a.update({key: value}))
+    if loader == "load_checkpoint" and case == "bad constructor value":
+        message = "config differs in channels"  # the model is given: its config is compared instead
+    with pytest.raises(ValueError, match=message) as err:
+        load_model(bad) if loader == "load_model" else load_checkpoint(bad, model)
+    assert str(bad) in str(err.value)
+
+
+@pytest.mark.parametrize("where", ["weight", "running_var", "optimizer"])
+def test_non_finite_weights_statistics_or_state_are_refused(tmp_path, where):
+    model, good = _basic_checkpoint(tmp_path)
+    with np.load(good, allow_pickle=False) as z:
+        names = [k for k in z.files if k.startswith("optim/state/" if where == "optimizer" else "model/")
+                 and k.endswith(where if where != "optimizer" else "")]
+    name = names[0]
+    bad = tmp_path / "diverged.npz"
+
+    def poison(arrays):
+        value = arrays[name].astype(np.float32).copy()
+        value.flat[0] = np.inf if where == "running_var" else np.nan
+        arrays[name] = value
+
+    _rewrite(good, bad, poison)
+    shown = name.split("/", 1)[1] if where != "optimizer" else "optimizer state"
+    with pytest.raises(ValueError, match=r"diverged.npz holds non-finite values \(NaN or inf\) in .*"
+                                         + shown.split("/")[0]):
+        load_model(bad)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="diverged"):
+        load_checkpoint(bad, model, SGD(model.parameters(), lr=0.1, momentum=0.9))
+    for k, v in model.state_dict().items():  # nothing was changed
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_nonfinite_arrays_names_and_counts():
+    from minisegnet.checkpoint import nonfinite_arrays
+
+    arrays = {"a": np.ones(3), "b": np.array([1.0, np.nan, np.inf]), "c": np.arange(3)}
+    assert nonfinite_arrays(arrays) == ["b (2 of 3)"]

@@ -251,9 +251,12 @@ def test_demo_smoke(tmp_path):
 def test_ctrl_c_exits_130_and_leaves_complete_checkpoints(tmp_path):
     out = tmp_path / "interrupted"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # SIGINT as a terminal gives it: restored to its default in the child, since the suite itself may run
+    # with SIGINT ignored (a background job, nohup), and an ignored SIGINT stays ignored (issue 10).
     proc = subprocess.Popen(
         [sys.executable, "-m", "minisegnet", "train", *TINY_TRAIN, "--epochs", "1000", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
@@ -267,5 +270,6 @@ def test_ctrl_c_exits_130_and_leaves_complete_checkpoints(tmp_path):
             proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("minisegnet: interrupted")
+    assert f"resume with: minisegnet train --resume {out}" in err
     load_model(out / "last.npz")  # complete and loadable
     assert not list(out.glob(".*tmp*")), "temporary files left behind"

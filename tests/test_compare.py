@@ -110,3 +110,31 @@ def test_bad_settings_are_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="checkpoint 'last' or 'best'"):
         compare_decoders(tmp_path, synthetic=True, max_steps=1, checkpoint="first")
     assert not (tmp_path / "segnet-basic").exists()
+
+
+def test_the_minisegnet_command_runs_compare_decoders(tmp_path, capsys):
+    from minisegnet.cli import main as minisegnet
+
+    status = minisegnet(["compare-decoders", "--synthetic", "--size", "16x24", "--max-steps", "1",
+                         "--variants", "segnet-basic,fcn-basic", "--out", str(tmp_path), "--memory-size", "16x24",
+                         "--repeats", "1", "--batch-size", "2", "--synthetic-train", "4", "--synthetic-val", "2",
+                         "--channels", "4", "--kernel-size", "3", "--quiet"])
+    out = capsys.readouterr().out
+    assert status == 0 and "| SegNet-Basic |" in out and "| FCN-Basic |" in out
+    assert (tmp_path / "decoders.json").is_file() and (tmp_path / "decoders.png").is_file()
+    assert minisegnet(["compare-decoders", "--synthetic", "--out", str(tmp_path)]) == 2  # no budget: one line
+    err = capsys.readouterr().err
+    assert err.startswith("minisegnet: error:") and err.count("\n") == 1
+
+
+def test_an_earlier_comparison_is_kept_unless_overwrite(tmp_path, capsys):
+    argv = ["--synthetic", "--size", "16x24", "--max-steps", "1", "--variants", "fcn-basic", "--out", str(tmp_path),
+            "--memory-size", "16x24", "--repeats", "1", "--batch-size", "2", "--synthetic-train", "4",
+            "--synthetic-val", "2", "--channels", "4", "--kernel-size", "3", "--quiet"]
+    assert main(argv) == 0
+    before = (tmp_path / "decoders.json").read_text()
+    assert main(argv) == 2  # refused before anything is trained: the earlier results stay
+    err = capsys.readouterr().err
+    assert "already holds a comparison" in err and "--overwrite" in err
+    assert (tmp_path / "decoders.json").read_text() == before
+    assert main(argv + ["--overwrite"]) == 0

@@ -74,3 +74,30 @@ def test_round_trip_and_unknown_keys():
 def test_solver_defaults_are_the_caffe_solver_and_the_measured_adam():
     assert SOLVER_DEFAULTS["sgd"] == {"lr": 0.1, "weight_decay": 5e-4}
     assert SOLVER_DEFAULTS["adam"]["lr"] == TrainConfig().lr and TrainConfig().optimizer == "adam"
+
+
+def test_a_resume_refuses_given_settings_it_would_ignore_naming_each():
+    given = TrainConfig(lr=0.5, size="64x96", model="bayesian-segnet-basic", epochs=5)
+    labels = {"lr": "--lr", "size": "--size", "model": "--model", "epochs": "--epochs"}
+    with pytest.raises(ValueError) as caught:
+        given.resumed(stored_config(), given=labels)
+    message = str(caught.value)
+    assert "--lr 0.5 (the run has 0.05)" in message and "--size 64x96 (the run has 32x48)" in message
+    assert "--model" not in message and "--epochs" not in message  # the same value; and a resumable field
+    # the same values typed again (the original command with --resume): accepted
+    same = TrainConfig(lr=0.05, size=(32, 48), model="bayesian-segnet-basic", epochs=5)
+    assert same.resumed(stored_config(), given=labels).epochs == 5
+    # without `given` nothing is checked (the fields are merged as before)
+    assert given.resumed(stored_config()).lr == 0.05
+
+
+def test_changed_fields_are_those_that_differ_from_the_defaults():
+    assert TrainConfig().changed_fields() == {}
+    assert set(TrainConfig(lr=0.5, size="180x240", out_dir="x").changed_fields()) == {"lr", "out_dir"}
+
+
+@pytest.mark.parametrize("value", [-1, float("inf"), float("nan"), "5", True])
+def test_save_every_is_minutes_or_zero(value):
+    with pytest.raises(ValueError, match="save_every"):
+        TrainConfig(epochs=1, save_every=value).validate()
+    assert TrainConfig(epochs=1, save_every=0).validate().save_every == 0

@@ -655,7 +655,7 @@ def test_rejects_non_array(conv3):
 
 
 def test_rejects_dtype_mismatch(conv3):
-    with pytest.raises(TypeError, match=r"Conv2d.*weight's dtype float32, got float64"):
+    with pytest.raises(TypeError, match=r"Conv2d.*layer's dtype float32, got float64"):
         conv3.forward(np.zeros((1, 3, 5, 5), np.float64))
 
 

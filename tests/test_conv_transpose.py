@@ -184,7 +184,7 @@ def test_bad_input_is_refused_clearly(rng):
         layer(np.zeros((1, 3, 4, 5), np.float32))
     with pytest.raises(ValueError, match="floating-point input"):
         layer(np.zeros((1, 2, 4, 5), np.int32))
-    with pytest.raises(TypeError, match="weight's dtype float32, got float64"):
+    with pytest.raises(TypeError, match="layer's dtype float32, got float64"):
         layer(x.astype(np.float64))
     with pytest.raises(ValueError, match="output height of 9, but .* range from 7 to 8"):
         layer(x, output_size=(9, 9))

@@ -23,35 +23,10 @@ from minisegnet.models import (
     build_model,
 )
 from minisegnet.optim import Adam
+from model_helpers import held_arrays, seeded
 
 VARIANTS = ["fcn-basic", "fcn-basic-noaddition", "fcn-basic-nodimreduction", "bilinear-basic"]
 SMALL = dict(channels=6, kernel_size=3, num_classes=5)
-
-
-def seeded(model, seed=0):
-    """Every parameter a reproducible random value (He-like scale; the upsampling kernels too)."""
-    rng = np.random.default_rng(seed)
-    for name, p in model.named_parameters():
-        if name.endswith("bn.weight"):
-            p.data[...] = rng.uniform(0.5, 1.5, p.shape)
-        elif name.endswith("bias"):
-            p.data[...] = rng.uniform(-0.1, 0.1, p.shape)
-        else:
-            fan_in = int(np.prod(p.shape[1:]))
-            p.data[...] = rng.standard_normal(p.shape) * np.sqrt(2.0 / fan_in)
-    return model
-
-
-def held_arrays(model):
-    """Arrays the modules hold besides parameters and buffers (activation caches)."""
-    held = []
-    for name, m in model.named_modules():
-        skip = {"_parameters", "_buffers", "_modules", *m._buffers}
-        for attr, value in vars(m).items():
-            values = value if isinstance(value, (tuple, list)) else (value,)
-            if attr not in skip and any(is_array(v) for v in values):
-                held.append(f"{name}.{attr}")
-    return held
 
 
 def kept_arrays(kept):

@@ -158,3 +158,59 @@ def test_recompute_bn_statistics_keeps_nothing_for_backward(rng):
     assert recompute_bn_statistics(model, loader, max_batches=1) == 1
     assert seen == [(False, True, [False] * len(model.dropout_layers()))]  # BN in training mode, dropout off
     assert is_grad_enabled()
+
+
+# -- per-class BF, the progress bar, the JSON report ---------------------------------------------------
+def test_evaluate_gives_per_class_boundary_f1(rng):
+    loader = BatchLoader(_labelled_dataset(rng), 4)
+    scores = evaluate(_Oracle(), loader, boundary=True)
+    per_class = scores["per_class_boundary_f1"]
+    assert len(per_class) == 11 and np.allclose(per_class, 1.0)  # the oracle is perfect: every contour matches
+    plain = evaluate(_Oracle(), loader)
+    assert np.isnan(plain["boundary_f1"]) and np.isnan(plain["per_class_boundary_f1"]).all()
+
+
+def test_evaluate_progress_bar_counts_images(rng, capsys):
+    loader = BatchLoader(_labelled_dataset(rng, n=6), 4)
+    evaluate(_Oracle(), loader, progress=True)
+    err = capsys.readouterr().err
+    assert "evaluate" in err and "/6 [" in err  # a bar over the 6 images (cleared at the end: leave=False)
+    evaluate(_Oracle(), loader, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_evaluation_report_and_atomic_json(rng, tmp_path, monkeypatch):
+    import json
+    import os
+
+    from minisegnet.data import CLASS_NAMES
+    from minisegnet.evaluation import check_output_file, evaluation_report, write_json
+
+    scores = evaluate(_Oracle(), BatchLoader(_labelled_dataset(rng), 4), boundary=False)
+    scores["size"] = [24, 32]
+    model = SegNetBasic(channels=4, kernel_size=3)
+    report = evaluation_report(scores, checkpoint="runs/x/best.npz", model=model, extra={"step": 7},
+                               data_dir=str(tmp_path), split="test")
+    assert report["checkpoint"] == os.path.abspath("runs/x/best.npz") and report["arch"] == "segnet-basic"
+    assert report["data"] == str(tmp_path) and report["split"] == "test" and report["size"] == [24, 32]
+    assert report["step"] == 7 and report["epoch"] is None and report["global_accuracy"] == 1.0
+    assert list(report["per_class"]) == list(CLASS_NAMES)
+    assert report["per_class"]["Road"]["iou"] == 1.0 and report["per_class"]["Road"]["boundary_f1"] is None
+    assert report["boundary_f1"] is None  # NaN becomes null: plain JSON
+
+    path = tmp_path / "deep" / "scores.json"
+    write_json(path, report)
+    assert json.loads(path.read_text()) == report
+    assert [p.name for p in path.parent.iterdir()] == ["scores.json"]  # no temporary file left
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_json(path, {"other": 1})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == report  # the old report survives, and no temporary file is left
+    assert [p.name for p in path.parent.iterdir()] == ["scores.json"]
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        check_output_file(tmp_path)

@@ -191,3 +191,14 @@ def test_cache_resized():
 def test_argument_errors(kw):
     with pytest.raises((ValueError, TypeError)):
         BatchLoader(indexed_dataset(), **kw)
+
+
+@pytest.mark.parametrize("mean, std, message", [
+    ([0.5], [1, 1, 1], r"mean must be 3 finite numbers \(R, G, B\), got \[0.5\]"),
+    (None, [1, float("nan"), 1], "std must be 3 finite numbers"),
+    ("abc", None, "mean must be 3 numbers"),
+    (None, [1, 0, 1], "std must be positive"),
+])
+def test_bad_normalisation_statistics_are_named(mean, std, message):
+    with pytest.raises(ValueError, match=message):
+        BatchLoader(indexed_dataset(), 2, mean=mean, std=std)

@@ -10,7 +10,6 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from minisegnet.backend import is_array
 from minisegnet.gradcheck import gradcheck, gradcheck_directional
 from minisegnet.layers import Dropout, SoftmaxCrossEntropy
 from minisegnet.models import (
@@ -23,41 +22,14 @@ from minisegnet.models import (
     build_model,
     softmax,
 )
+from model_helpers import held_arrays, seeded
 
 TINY = 1 / 16  # SegNet width for tests: channels 4, 8, 16, 32, 32
-
-
-def seeded(model, seed=0):
-    """Give every parameter a reproducible random value (He-like scale), in place."""
-    rng = np.random.default_rng(seed)
-    for name, p in model.named_parameters():
-        if name.endswith("bn.weight"):
-            p.data[...] = rng.uniform(0.5, 1.5, p.shape)
-        elif name.endswith("bias"):
-            p.data[...] = rng.uniform(-0.1, 0.1, p.shape)
-        else:
-            fan_in = int(np.prod(p.shape[1:]))
-            p.data[...] = rng.standard_normal(p.shape) * np.sqrt(2.0 / fan_in)
-    return model
 
 
 def with_input_grad(model):
     """``model.backward`` that also returns the gradient of the image (models skip it by default)."""
     return lambda dlogits: model.backward(dlogits, input_grad=True)
-
-
-def held_arrays(model):
-    """Arrays a model's modules hold besides parameters and buffers (activation caches)."""
-    held = []
-    for name, m in model.named_modules():
-        skip = {"_parameters", "_buffers", "_modules", *m._buffers}
-        for attr, value in vars(m).items():
-            if attr in skip:
-                continue
-            values = value if isinstance(value, (tuple, list)) else (value,)
-            if any(is_array(v) for v in values):
-                held.append(f"{name or type(model).__name__}.{attr}")
-    return held
 
 
 @pytest.fixture(scope="module")

@@ -137,3 +137,58 @@ def test_resolve_resume(tmp_path):
     assert resolve_resume(str(tmp_path), "elsewhere") == tmp_path / "last.npz"  # a run folder
     with pytest.raises(FileNotFoundError, match="resume from not found: .*nope.npz"):
         resolve_resume(str(tmp_path / "nope.npz"), tmp_path)
+
+
+# -- failed writes, an earlier run, the lock ------------------------------------------------------
+def test_a_failed_checkpoint_write_is_one_sentence_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+
+    model = SegNetBasic(channels=4, kernel_size=3, rng=0)
+    folder = RunFolder(tmp_path)
+    folder.save_checkpoints(model, None, _extra(), best=True)
+    before = folder.last.read_bytes()
+
+    def full_disk(path, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_folder, "save_checkpoint", full_disk)
+    with pytest.raises(run_folder.RunFolderWriteError,
+                       match=rf"^cannot write {tmp_path}/last.npz \(No space left on device\); the previous last.npz "
+                             "is kept$"):
+        folder.save_checkpoints(model, None, _extra(), best=False)
+    assert folder.last.read_bytes() == before
+    monkeypatch.undo()
+
+    def full_append(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("builtins.open", full_append)
+    with pytest.raises(run_folder.RunFolderWriteError, match="cannot write .*log.jsonl"):
+        folder.append_log({"step": 1})
+
+
+def test_existing_run_and_checkpoint_step(tmp_path):
+    folder = RunFolder(tmp_path)
+    assert folder.existing_run() is None
+    folder.log.write_text("")
+    assert folder.existing_run() is None  # an empty log is no run
+    save_checkpoint(folder.last, SegNetBasic(channels=4, kernel_size=3, rng=0), None, _extra())
+    folder.log.write_text('{"step": 1}\n')
+    assert folder.existing_run() == "last.npz (step 9), log.jsonl"
+    assert run_folder.checkpoint_step(folder.last) == 9 and run_folder.checkpoint_step(tmp_path / "none") is None
+    folder.remove_old_run()
+    assert not folder.last.exists() and folder.log.exists()
+
+
+def test_catch_up_copies_last_when_it_is_the_best(tmp_path):
+    folder = RunFolder(tmp_path)
+    save_checkpoint(folder.last, SegNetBasic(channels=4, kernel_size=3, rng=0), None, _extra(best_step=9))
+    state = read_resume_state(folder.last)
+    assert state.best_step == 9
+    assert "caught up" in folder.catch_up_best(state)
+    assert folder.best.read_bytes() == folder.last.read_bytes()
+    assert folder.catch_up_best(state) is None  # consistent now
+    # an old checkpoint without best_step: the last record marked best
+    save_checkpoint(folder.last, SegNetBasic(channels=4, kernel_size=3, rng=0), None,
+                    _extra(history=[{"step": 4, "best": True}, {"step": 8, "best": False}]))
+    assert read_resume_state(folder.last).best_step == 4

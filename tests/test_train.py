@@ -163,12 +163,15 @@ def test_the_output_folder_is_checked_before_the_data_is_read(tmp_path):
                 progress=False)
 
 
-def test_a_failed_start_leaves_the_previous_log_alone(tmp_path):
+def test_a_failed_start_leaves_the_previous_run_alone(tmp_path):
     first = train(tiny_config(tmp_path, epochs=1, figure=False), progress=False)
-    before = Path(first.log).read_text()
+    before = {name: (Path(first.log).parent / name).read_bytes() for name in ("log.jsonl", "best.npz", "last.npz")}
+    # --overwrite replaces an earlier run, but only once the new one has started: not when its data is missing
     with pytest.raises(FileNotFoundError):
-        Trainer(tiny_config(tmp_path, dataset="camvid", data_dir=str(tmp_path / "nope"), epochs=1), progress=False)
-    assert Path(first.log).read_text() == before
+        Trainer(tiny_config(tmp_path, dataset="camvid", data_dir=str(tmp_path / "nope"), epochs=1, overwrite=True),
+                progress=False)
+    assert {name: (Path(first.log).parent / name).read_bytes() for name in before} == before
+    assert not (tmp_path / "run" / "run.lock").exists()  # and the lock went with the failed start
 
 
 def test_initial_weights_come_from_the_seed_alone(tmp_path):

@@ -147,6 +147,8 @@ def read_image(path) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"cannot read image {path}: it is a folder, not an image file") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from None
 
@@ -163,6 +165,8 @@ def read_label(path) -> np.ndarray:
             return np.asarray(im)
     except FileNotFoundError:
         raise FileNotFoundError(f"label file not found: {path}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"cannot read label image {path}: it is a folder, not a label PNG") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"cannot read label image {path}: {exc}") from None
 
@@ -202,6 +206,8 @@ class CamVid:
             if not folder.is_dir():
                 raise FileNotFoundError(f"CamVid split {split!r}: folder not found: {folder}")
         list_file = root / f"{split}.txt"
+        if list_file.is_dir():
+            raise IsADirectoryError(f"CamVid list file {list_file} is a folder, not a text file: remove or rename it")
         if list_file.is_file():
             pairs = self._pairs_from_list(root, list_file)
         else:
@@ -220,36 +226,64 @@ class CamVid:
         self._cache = [None] * len(pairs) if cache else None
 
     @staticmethod
+    def _read_list(list_file: Path) -> list[str]:
+        """The lines of a list file; ``ValueError`` naming the file, line and byte when it is not UTF-8 text."""
+        data = list_file.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise ValueError(
+                f"{list_file}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): a list "
+                "file holds 'IMAGE LABEL' paths, one pair a line; save it as UTF-8, or delete it to pair the "
+                "files of the folders by name"
+            ) from None
+        if "\0" in text:
+            raise ValueError(f"{list_file}: holds NUL bytes, so it is not a text list of 'IMAGE LABEL' paths")
+        return text.split("\n")
+
+    @staticmethod
     def _pairs_from_list(root: Path, list_file: Path):
         pairs = []
-        with open(list_file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) != 2:
+        for lineno, line in enumerate(CamVid._read_list(list_file), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise ValueError(
+                    f"{list_file}:{lineno}: expected 'IMAGE LABEL' (two paths), got {line.strip()!r}"
+                )
+            pair = []
+            for field in fields:
+                parts = Path(field.replace("\\", "/")).parts
+                if len(parts) < 2:
                     raise ValueError(
-                        f"{list_file}:{lineno}: expected 'IMAGE LABEL' (two paths), got {line.strip()!r}"
+                        f"{list_file}:{lineno}: path {field!r} should end in FOLDER/FILE "
+                        "(e.g. /SegNet/CamVid/train/x.png)"
                     )
-                pair = []
-                for field in fields:
-                    parts = Path(field.replace("\\", "/")).parts
-                    if len(parts) < 2:
-                        raise ValueError(
-                            f"{list_file}:{lineno}: path {field!r} should end in FOLDER/FILE "
-                            "(e.g. /SegNet/CamVid/train/x.png)"
-                        )
-                    path = root / parts[-2] / parts[-1]
-                    if not path.is_file():
-                        raise FileNotFoundError(f"{list_file}:{lineno} names {field}, but {path} does not exist")
-                    pair.append(path)
-                pairs.append(tuple(pair))
+                path = root / parts[-2] / parts[-1]
+                if path.is_dir():
+                    raise IsADirectoryError(
+                        f"{list_file}:{lineno} names {field}, but {path} is a folder, not an image file"
+                    )
+                if not path.is_file():
+                    raise FileNotFoundError(f"{list_file}:{lineno} names {field}, but {path} does not exist")
+                pair.append(path)
+            pairs.append(tuple(pair))
         return pairs
 
     @staticmethod
     def _pairs_from_folders(image_dir: Path, label_dir: Path):
         def listing(folder):
-            return {p.name: p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+            entries = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+            folders = sorted(str(p) for p in entries if p.is_dir())
+            if folders:
+                raise IsADirectoryError(
+                    f"CamVid: {folders[0]} is a folder, not an image file"
+                    + (f" (and {len(folders) - 1} more folders named like images)" if len(folders) > 1 else "")
+                    + ": move it out of the split folder"
+                )
+            return {p.name: p for p in entries if p.is_file()}
 
         images, labels = listing(image_dir), listing(label_dir)
         unpaired = sorted(set(images) ^ set(labels))

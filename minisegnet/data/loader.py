@@ -110,6 +110,19 @@ def cache_resized(dataset, size=None, *, workers: int = 2) -> ArrayDataset:
     return ArrayDataset(images, labels, names=names if names is not None and len(names) == n else None)
 
 
+def _channel_statistic(name: str, value):
+    """None, or 3 finite float64 values (R, G, B); ``ValueError`` naming ``name`` otherwise."""
+    if value is None:
+        return None
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"BatchLoader: {name} must be 3 numbers (R, G, B), got {value!r}") from None
+    if array.size != 3 or not np.isfinite(array).all():
+        raise ValueError(f"BatchLoader: {name} must be 3 finite numbers (R, G, B), got {array.tolist()}")
+    return array.reshape(3)
+
+
 _END = object()  # the worker's "no more batches" marker
 
 
@@ -171,8 +184,10 @@ class BatchLoader:
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.transform = transform
-        self.mean = None if mean is None else np.asarray(mean, dtype=np.float64).reshape(3)
-        self.std = None if std is None else np.asarray(std, dtype=np.float64).reshape(3)
+        self.mean = _channel_statistic("mean", mean)
+        self.std = _channel_statistic("std", std)
+        if self.std is not None and not (self.std > 0).all():
+            raise ValueError(f"BatchLoader: std must be positive, got {self.std.tolist()}")
         self.drop_last = bool(drop_last)
         self.prefetch = depth
         self.dtype = np.dtype(dtype)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import device_of, get_array_module
+from ..backend import get_array_module
 from ..grad_mode import is_grad_enabled
 from ..module import Module, Parameter
-from ..validation import check_feature_map, check_grad_shape, require_cache
+from ..validation import check_feature_map, check_grad_shape, check_matches_parameters, require_cache
 
 _LAYER = "BatchNorm2d"
 
@@ -141,17 +141,7 @@ class BatchNorm2d(Module):
     # -- forward ----------------------------------------------------------------------
     def forward(self, x):
         check_feature_map(_LAYER, x, channels=self.num_features)
-        xp = get_array_module(x)
-        if get_array_module(self.weight.data) is not xp:
-            raise RuntimeError(
-                f"{_LAYER}: input is on {device_of(x)!r} but the layer's parameters are on "
-                f"{device_of(self.weight.data)!r}; move one of them (module.to(...))"
-            )
-        if x.dtype != self.weight.data.dtype:
-            raise TypeError(
-                f"{_LAYER}({self.num_features}): expected an input of the layer's dtype {self.weight.data.dtype}, "
-                f"got {x.dtype} (convert the input, or the layer with .double() / .float())"
-            )
+        xp = check_matches_parameters(f"{_LAYER}({self.num_features})", x, self.weight.data)
         dtype = x.dtype
         n, c, h, w = x.shape
         keep = is_grad_enabled()

@@ -119,7 +119,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..grad_mode import is_grad_enabled
 from ..module import Module, Parameter
-from ..validation import check_feature_map, check_grad_shape, require_cache
+from ..validation import check_feature_map, check_grad_shape, check_matches_parameters, require_cache
 from ..workspace import WORKSPACE, clear_workspace
 from .conv_tiling import flat_windows, gathered_windows, row_weights
 
@@ -293,18 +293,7 @@ class Conv2d(Module):
     # -- forward ------------------------------------------------------------------
     def _check_input(self, x):
         check_feature_map(self._name, x, channels=self.in_channels)
-        xp = get_array_module(x)
-        if xp is not get_array_module(self.weight.data):
-            where = "cpu" if xp is np else "cuda"
-            raise ValueError(
-                f"{self._name}: expected the input on the weight's device, got a {where} input for a layer on "
-                f"{'cpu' if where == 'cuda' else 'cuda'} (move one of them with .to())"
-            )
-        if x.dtype != self.weight.data.dtype:
-            raise TypeError(
-                f"{self._name}: expected an input of the weight's dtype {self.weight.data.dtype}, got {x.dtype} "
-                "(convert the input, or the layer with .double() / .float())"
-            )
+        xp = check_matches_parameters(self._name, x, self.weight.data)
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         h, w = x.shape[2], x.shape[3]
         if h + 2 * ph < kh or w + 2 * pw < kw:

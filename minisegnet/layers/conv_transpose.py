@@ -82,7 +82,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..grad_mode import is_grad_enabled
 from ..module import Module, Parameter
-from ..validation import check_feature_map, check_grad_shape, require_cache
+from ..validation import check_feature_map, check_grad_shape, check_matches_parameters, require_cache
 
 __all__ = ["ConvTranspose2d", "bilinear_kernel"]
 
@@ -236,18 +236,7 @@ class ConvTranspose2d(Module):
 
     def _check_input(self, x):
         check_feature_map(self._name, x, channels=self.in_channels)
-        xp = get_array_module(x)
-        if xp is not get_array_module(self.weight.data):
-            where = "cpu" if xp is np else "cuda"
-            raise ValueError(
-                f"{self._name}: expected the input on the weight's device, got a {where} input for a layer on "
-                f"{'cpu' if where == 'cuda' else 'cuda'} (move one of them with .to())"
-            )
-        if x.dtype != self.weight.data.dtype:
-            raise TypeError(
-                f"{self._name}: expected an input of the weight's dtype {self.weight.data.dtype}, got {x.dtype} "
-                "(convert the input, or the layer with .double() / .float())"
-            )
+        xp = check_matches_parameters(self._name, x, self.weight.data)
         return xp
 
     def _offset_groups(self, rows: int, length: int, itemsize: int):

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..grad_mode import no_grad
-from ..layers import Dropout
+from ..layers import Conv2d, Dropout
 from ..module import Module
 from .summary import ModelSummary, summarize
 
@@ -74,6 +74,22 @@ class SegmentationModel(Module):
     def __init__(self):
         super().__init__()
         self.config: dict = {}
+
+    # -- structure --------------------------------------------------------------------
+    def encoder_convs(self) -> list:
+        """The encoder's convolutions in forward order (13 for SegNet: VGG16's ``features``).
+
+        Subclasses keep their encoder stages in ``self.encoder``.
+        """
+        return [m for m in self.encoder.modules() if isinstance(m, Conv2d)]
+
+    @property
+    def input_layer(self):
+        """The convolution that sees the image (its input gradient is computed only on request)."""
+        return self.encoder_convs()[0]
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
 
     # -- modes ----------------------------------------------------------------------
     @contextmanager

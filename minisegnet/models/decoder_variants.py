@@ -98,18 +98,6 @@ class _BasicEncoderModel(SegmentationModel):
                 f"{type(self).__name__}.decode: expected what {len(self.encoder)} encoder stages kept, got {len(kept)}"
             )
 
-    @property
-    def input_layer(self) -> Conv2d:
-        """The convolution that sees the image (its input gradient is computed only on request)."""
-        return self.encoder_convs()[0]
-
-    def encoder_convs(self) -> list[Conv2d]:
-        """The encoder's convolutions in forward order."""
-        return [m for m in self.encoder.modules() if isinstance(m, Conv2d)]
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
-
 
 # -- FCN ------------------------------------------------------------------------------------
 class FCNDecoderStage(Module):

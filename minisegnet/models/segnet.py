@@ -286,17 +286,6 @@ class EncoderDecoder(SegmentationModel):
             grad = stage.backward(grad)
         return grad
 
-    @property
-    def input_layer(self) -> Conv2d:
-        """The convolution that sees the image (its input gradient is computed only on request)."""
-        return self.encoder_convs()[0]
-
-    def encoder_convs(self) -> list[Conv2d]:
-        """The encoder's convolutions in forward order (13 for SegNet: VGG16's ``features``)."""
-        return [m for m in self.encoder.modules() if isinstance(m, Conv2d)]
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
 
 
 # Channels of VGG16's 13 convolutions, stage by stage, and of SegNet's decoder, which

@@ -153,7 +153,7 @@ class ModelSummary:
 
     def _decoder_lines(self) -> list[str]:
         compare = self.fcn_skip_bytes is not None
-        header = ("stage", "the decoder receives", "bytes") + (("FCN-style skip would keep", "bytes") if compare else ())
+        header = ("stage", "the decoder receives", "bytes") + (("U-Net/FCN-style skip would keep", "bytes") if compare else ())
         rows = []
         for r in self.decoder_memory:
             row = (str(r.stage), r.description, f"{r.kept_bytes:,}")
@@ -365,7 +365,8 @@ def _decoder_record(stage: int, entry, dtype) -> DecoderMemoryRecord:
     """Measured bytes of one decoder stage's inputs from the encoder, and an FCN skip's bytes.
 
     A SegNet entry is ``(indices, size)``: the indices' nbytes plus 8 bytes per integer of
-    the size.  The FCN-style skip it replaces is the encoder map before pooling, ``N·C·H·W``
+    the size.  The skip it replaces is the encoder map before pooling (what U-Net and FCN/U-Net-style
+    decoders keep; FCN-Basic keeps the *pooled* maps reduced to K channels), ``N·C·H·W``
     values of ``dtype`` (N and C from the indices, H and W from the size).
     """
     arrays = list(_arrays_in(entry))
