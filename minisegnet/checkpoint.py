@@ -37,16 +37,15 @@ SegNet paper did.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import zipfile
 import zlib
 from collections import OrderedDict
 
 import numpy as np
 
+from .atomic import write_atomically
 from .backend import device_of, get_array_module, is_array, to_device, to_numpy
 from .module import Module
 
@@ -167,26 +166,7 @@ def _atomic_savez(path: str, arrays) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot save checkpoint {path}: directory {directory} does not exist")
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    # O_EXCL: never clobber somebody else's file; mode 0o666 lets the umask decide, as open() does
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # make the rename itself durable (POSIX); harmless where directories cannot be opened
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 # -- reading -----------------------------------------------------------------------------

@@ -23,13 +23,12 @@ beside ``FILE``, fsynced, renamed over it, so a reader never sees half a report.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import tempfile
 from pathlib import Path
 
+from .atomic import write_atomically
 from .backend import to_device, to_numpy
 from .checkpoint import load_model
 from .config import TrainConfig
@@ -243,16 +242,5 @@ def write_json(path, obj) -> Path:
     """
     path = check_output_file(path)
     text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask decides, as open() does
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, lambda f: f.write(text), binary=False)
     return path

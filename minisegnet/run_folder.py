@@ -451,6 +451,15 @@ def read_resume_state(path) -> ResumeState:
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)} (damaged, or not a training checkpoint): "
                          "cannot resume from it")
+    try:
+        mean, std = np.asarray(norm["mean"], dtype=np.float32), np.asarray(norm["std"], dtype=np.float32)
+    except (TypeError, ValueError):
+        mean = std = np.zeros(0, dtype=np.float32)
+    if mean.shape != (3,) or std.shape != (3,) or not (np.isfinite(mean).all() and np.isfinite(std).all()) \
+            or not (std > 0).all():
+        raise ValueError(f"{path}: the normalisation statistics should be 3 finite means and 3 positive standard "
+                         f"deviations (RGB), got mean {norm['mean']!r} and std {norm['std']!r}: damaged checkpoint, "
+                         "cannot resume from it")
     weights, best = extra.get("class_weights"), extra.get("best_mean_iou")
     history = list(extra.get("history", []))
     best_step = extra.get("best_step")
@@ -460,7 +469,7 @@ def read_resume_state(path) -> ResumeState:
     return ResumeState(
         path=Path(path), config=TrainConfig.from_dict(extra["train_config"]),
         epoch=extra["epoch"], batch=extra["batch"], step=extra["step"],
-        mean=np.asarray(norm["mean"], dtype=np.float32), std=np.asarray(norm["std"], dtype=np.float32),
+        mean=mean, std=std,
         class_weights=None if weights is None else np.asarray(weights, dtype=np.float64),
         history=history,
         best_mean_iou=best if isinstance(best, (int, float)) and math.isfinite(best) else float("-inf"),

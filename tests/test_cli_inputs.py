@@ -150,6 +150,8 @@ def test_missing_epoch_or_bad_statistics(run, photo, tmp_path, capsys):
     for argv in (["evaluate", "--synthetic", str(short), "--quiet"],
                  ["predict", str(short), str(photo), "--out", str(tmp_path / "p")]):
         assert_one_line_error(main(argv), capsys.readouterr().err, "short.npz", "3 finite means")
+    resume = ["train", "--resume", str(short), "--epochs", "2", "--out", str(tmp_path / "r2"), "--quiet"]
+    assert_one_line_error(main(resume), capsys.readouterr().err, "short.npz", "3 finite means")
     no_config = _damaged(run / "last.npz", tmp_path / "no_config.npz", extra=lambda e: {**e, "train_config": 5})
     assert_one_line_error(main(["evaluate", "--synthetic", str(no_config), "--quiet"]), capsys.readouterr().err,
                           "no_config.npz: its train_config is 5, not a dict")
