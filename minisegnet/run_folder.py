@@ -72,6 +72,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomically
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import CLASS_NAMES, VOID_LABEL, parse_size
@@ -102,8 +103,8 @@ CHECKPOINT_KIND = "minisegnet-train"
 
 # What a killed write of ours leaves behind: checkpoint.py's ".NAME.<hex>.tmp", the log's and the
 # figure's ".NAME.tmp", and the probe file.  Nothing else is ever removed.
-_TEMPORARY_PATTERNS = (f".{BEST}.*.tmp", f".{LAST}.*.tmp", f".{LOG}.tmp", f".{FIGURE}.tmp", ".probe-*.tmp")
-# (".best.npz.catchup.tmp", of RunFolder.catch_up_best, matches the first.)
+_TEMPORARY_PATTERNS = (f".{BEST}.*.tmp", f".{LAST}.*.tmp", f".{LOG}.tmp", f".{LOG}.*.tmp", f".{FIGURE}.tmp",
+                       ".probe-*.tmp")  # minisegnet.atomic writes ".NAME.<hex>.tmp"; older versions ".NAME.tmp"
 
 
 class RunFolderWriteError(OSError):
@@ -248,16 +249,10 @@ class RunFolder:
         kept = []
         if keep_until is not None and self.log.is_file():
             kept = [record for record in read_log(self.log) if record.get("step", 0) <= keep_until]
-        tmp = self.log.with_name(f".{LOG}.tmp")
+        text = "".join(json.dumps(record) + "\n" for record in kept)
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(record) + "\n" for record in kept)
-            os.replace(tmp, self.log)
+            write_atomically(self.log, lambda f: f.write(text), binary=False)
         except OSError as exc:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
             raise _write_error(self.log, exc, "the log was left as it was") from None
         if event is not None:
             self.append_log(event)
@@ -300,15 +295,10 @@ class RunFolder:
         if held == state.best_step or (held is not None and held > state.step):
             return None  # consistent; or ahead (killed between the saves): the run will write it again
         if state.best_step == state.step:
-            tmp = self.best.with_name(f".{BEST}.catchup.tmp")
             try:
-                shutil.copyfile(state.path, tmp)
-                os.replace(tmp, self.best)
+                with open(state.path, "rb") as source:
+                    write_atomically(self.best, lambda f: shutil.copyfileobj(source, f))
             except OSError as exc:
-                try:
-                    tmp.unlink()
-                except OSError:
-                    pass
                 raise _write_error(self.best, exc, "best.npz was left as it was") from None
             return f"{self.best} caught up with {state.path} (the best evaluation, step {state.step})"
         score = None

@@ -66,7 +66,8 @@ class SegmentationModel(Module):
 
     Subclasses set the class attribute ``arch`` (their name in
     :data:`minisegnet.models.MODELS`) and, in ``__init__``, ``self.config`` (a dict of
-    their constructor arguments), and implement ``forward``/``backward``.
+    their constructor arguments), and implement ``forward``.  :meth:`backward` runs the
+    ``classifier``, ``decoder`` and ``encoder`` stages in reverse, unless a subclass overrides it.
     """
 
     arch: str = ""
@@ -90,6 +91,24 @@ class SegmentationModel(Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+    def backward(self, dlogits, *, input_grad: bool = False):
+        """Add every parameter's gradient into ``.grad``, from ``dL/dlogits``: the forward in reverse.
+
+        The classifier, then the decoder stages and the encoder stages in the reverse of their
+        running order (a model whose decoder also takes encoder maps, like FCN, overrides it).
+
+        Returns ``dL/dx`` (the gradient of the images) only when ``input_grad=True``, and
+        ``None`` otherwise: nobody trains the image, and skipping it spares the first
+        convolution its largest product (its ``needs_input_grad`` is set accordingly).
+        """
+        self.input_layer.needs_input_grad = bool(input_grad)
+        grad = self.classifier.backward(dlogits)
+        for stage in reversed(self.decoder):
+            grad = stage.backward(grad)
+        for stage in reversed(self.encoder):
+            grad = stage.backward(grad)
+        return grad if input_grad else None
 
     # -- modes ----------------------------------------------------------------------
     @contextmanager

@@ -412,12 +412,4 @@ class BilinearBasic(_BasicEncoderModel):
             y = stage(y, size)
         return self.classifier(y)
 
-    def backward(self, dlogits, *, input_grad: bool = False):
-        """Add every parameter's gradient into ``.grad``; return ``dL/dx`` only when ``input_grad``."""
-        self.input_layer.needs_input_grad = bool(input_grad)
-        grad = self.classifier.backward(dlogits)
-        for stage in reversed(self.decoder):
-            grad = stage.backward(grad)
-        for stage in reversed(self.encoder):
-            grad = stage.backward(grad)
-        return grad if input_grad else None
+    # backward: SegmentationModel's, the classifier, the decoder and the encoder in reverse

@@ -271,20 +271,7 @@ class EncoderDecoder(SegmentationModel):
         bottom, pool_indices = self.encode(x)
         return self.decode(bottom, pool_indices)
 
-    def backward(self, dlogits, *, input_grad: bool = False):
-        """Add every parameter's gradient into ``.grad``, from ``dL/dlogits``.
-
-        Returns ``dL/dx`` (the gradient of the images) only when ``input_grad=True``, and
-        ``None`` otherwise: nobody trains the image, and skipping it spares the first
-        convolution its largest product (its ``needs_input_grad`` is set accordingly).
-        """
-        self.input_layer.needs_input_grad = bool(input_grad)
-        grad = self.classifier.backward(dlogits)
-        for stage in reversed(self.decoder):
-            grad = stage.backward(grad)
-        for stage in reversed(self.encoder):
-            grad = stage.backward(grad)
-        return grad
+    # backward: SegmentationModel's, the classifier, then the decoder and the encoder stages in reverse
 
 
 
