@@ -20,6 +20,7 @@ import minisegnet
 from minisegnet.checkpoint import load_model
 from minisegnet.cli import main
 from minisegnet.data import SyntheticStreets
+from cli_helpers import assert_one_line_error
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_TRAIN = ["--synthetic", "--model", "segnet-basic", "--channels", "8", "--kernel-size", "3", "--size", "32x48",
@@ -31,16 +32,6 @@ def run_cli(*args, timeout=120):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "minisegnet", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO_ROOT)
-
-
-def assert_one_line_error(rc, err, *fragments):
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("minisegnet: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], err
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,10 @@ from PIL import Image
 
 from minisegnet.cli import main
 from minisegnet.data import CLASS_NAMES, SyntheticStreets
+from cli_helpers import assert_one_line_error
 
 TINY = ["--synthetic", "--model", "segnet-basic", "--channels", "8", "--kernel-size", "3", "--size", "32x48",
         "--batch-size", "4", "--train-limit", "8", "--val-limit", "4", "--quiet"]
-
-
-def assert_one_line_error(rc, err, *fragments):
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("minisegnet: error: ") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], err
 
 
 @pytest.fixture(scope="module")
