@@ -37,7 +37,7 @@ from .data import normalize, parse_size, read_image, resize_image, resize_label
 from .grad_mode import no_grad
 from .layers import Conv2d, ConvTranspose2d, Dropout, MaxPool2d, MaxUnpool2d, Upsample
 from .layers.pooling import pooled_size
-from .run_folder import checkpoint_preprocessing
+from .run_folder import checked_normalization, checkpoint_preprocessing
 
 __all__ = ["predict_images", "find_images", "output_stems", "minimum_input_size", "check_input_size",
            "checkpoint_inputs", "IMAGE_EXTENSIONS"]
@@ -121,12 +121,7 @@ def checkpoint_inputs(extra: dict, path) -> tuple[np.ndarray, np.ndarray, tuple[
     except (TypeError, ValueError) as exc:
         message = str(exc)
         raise ValueError(message if str(path) in message else f"{path}: {message} (damaged checkpoint)") from None
-    if mean.shape != (3,) or std.shape != (3,) or not (np.isfinite(mean).all() and np.isfinite(std).all()) \
-            or not (std > 0).all():
-        raise ValueError(
-            f"{path}: the normalisation statistics should be 3 finite means and 3 positive standard deviations "
-            f"(RGB), got mean {mean.tolist()} and std {std.tolist()}: damaged checkpoint"
-        )
+    mean, std = checked_normalization(mean.tolist(), std.tolist(), path, "cannot use it")
     return mean, std, size
 
 

@@ -425,6 +425,18 @@ def run_result(trainer, stopped_by: str) -> TrainResult:
     )
 
 
+def checked_normalization(mean, std, path, consequence: str = "damaged checkpoint"):
+    """``(mean, std)`` as float32 arrays, or a ``ValueError`` naming ``path``: 3 finite means, 3 positive stds."""
+    try:
+        m, s = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    except (TypeError, ValueError):
+        m = s = np.zeros(0, dtype=np.float32)
+    if m.shape != (3,) or s.shape != (3,) or not (np.isfinite(m).all() and np.isfinite(s).all()) or not (s > 0).all():
+        raise ValueError(f"{path}: the normalisation statistics should be 3 finite means and 3 positive standard "
+                         f"deviations (RGB), got mean {mean!r} and std {std!r}: damaged checkpoint, {consequence}")
+    return m, s
+
+
 def read_resume_state(path) -> ResumeState:
     """What a checkpoint written by the training loop says about its run (its weights are not read).
 
@@ -441,15 +453,7 @@ def read_resume_state(path) -> ResumeState:
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)} (damaged, or not a training checkpoint): "
                          "cannot resume from it")
-    try:
-        mean, std = np.asarray(norm["mean"], dtype=np.float32), np.asarray(norm["std"], dtype=np.float32)
-    except (TypeError, ValueError):
-        mean = std = np.zeros(0, dtype=np.float32)
-    if mean.shape != (3,) or std.shape != (3,) or not (np.isfinite(mean).all() and np.isfinite(std).all()) \
-            or not (std > 0).all():
-        raise ValueError(f"{path}: the normalisation statistics should be 3 finite means and 3 positive standard "
-                         f"deviations (RGB), got mean {norm['mean']!r} and std {norm['std']!r}: damaged checkpoint, "
-                         "cannot resume from it")
+    mean, std = checked_normalization(norm["mean"], norm["std"], path, "cannot resume from it")
     weights, best = extra.get("class_weights"), extra.get("best_mean_iou")
     history = list(extra.get("history", []))
     best_step = extra.get("best_step")
