@@ -14,6 +14,11 @@ background job of a shell, ``nohup``) stays ignored.
 ``with guard.at_once():`` marks a phase that may stop at once, ``guard.check()`` is called
 where the run's state is whole, after a step); :class:`TrainingInterrupted` is what the
 caller sees.
+
+A signal's exception can be raised inside somebody else's cleanup (``zipfile`` closing the
+archive ``np.savez`` was writing, for one) and be replaced there by that code's own error.
+So the guard remembers what it raised (:meth:`SignalGuard.raised`), and the run asks it, not
+only the exception that reached it, why it stopped.
 """
 from __future__ import annotations
 
@@ -90,16 +95,19 @@ class SignalGuard:
     ``with signals:`` installs the handlers (main thread only; a signal that was ignored stays
     ignored) and restores the previous ones after.  A first signal only sets ``received``,
     except inside ``with signals.at_once():``, where it raises :class:`Stop`; a second one
-    raises :class:`Abort` wherever the program is.
+    raises :class:`Abort` wherever the program is.  ``raised`` is the last :class:`Stop` a
+    handler raised (None: none), for when another exception replaced it on its way up.
     """
 
     def __init__(self):
         self.received: int | None = None
+        self.raised: Stop | None = None
         self._at_once = False
         self._previous = {}
 
     def __enter__(self):
         self.received = None
+        self.raised = None
         if threading.current_thread() is threading.main_thread():
             for signum in HANDLED_SIGNALS:
                 if signal.getsignal(signum) is signal.SIG_IGN:
@@ -115,10 +123,16 @@ class SignalGuard:
 
     def _handle(self, signum, frame):
         if self.received is not None:
-            raise Abort(signum)
+            self.raised = Abort(signum)
+            raise self.raised
         self.received = signum
         if self._at_once:
-            raise Stop(signum)
+            self.raised = Stop(signum)
+            raise self.raised
+
+    def stop_behind(self, exc: BaseException) -> Stop | None:
+        """The :class:`Stop` that ``exc`` is, or that it replaced on its way up (None: no signal caused it)."""
+        return exc if isinstance(exc, Stop) else self.raised
 
     @contextlib.contextmanager
     def at_once(self):

@@ -85,13 +85,13 @@ class Trainer:
         try:
             with self._signals, self._signals.at_once():  # nothing to save yet: a signal stops at once
                 self._prepare(config, given)
-        except Stop as stop:
+        except BaseException as exc:
             self._release()
+            stop = self._signals.stop_behind(exc)
+            if stop is None:
+                raise
             out = self.folder.path if self.folder is not None else config.out_dir
             raise TrainingInterrupted(stop.signum, None, None, out) from None
-        except BaseException:
-            self._release()
-            raise
 
     def _release(self) -> None:
         if self.folder is not None:
@@ -116,10 +116,13 @@ class Trainer:
             with self._signals:
                 try:
                     return self._fit()
-                except Stop as stop:
-                    raise self._interrupted(stop) from None
-                except RunFolderWriteError as exc:
-                    raise self._write_failed(exc) from None
+                except BaseException as exc:
+                    stop = self._signals.stop_behind(exc)  # also a signal's exception that another one replaced
+                    if stop is not None:
+                        raise self._interrupted(stop) from None
+                    if isinstance(exc, RunFolderWriteError):
+                        raise self._write_failed(exc) from None
+                    raise
         finally:
             self.folder.unlock()
 
@@ -260,7 +263,9 @@ class Trainer:
         if not forced and self._saved_step != self.step and not self._bn_recomputing:
             try:
                 self._save(best=False)
-            except Abort:  # a second signal during this save: it is discarded, the previous file kept
+            except BaseException as exc:  # a second signal during this save: it is discarded, the previous file kept
+                if not isinstance(self._signals.stop_behind(exc), Abort):
+                    raise
                 forced = True
         return TrainingInterrupted(stop.signum, self.step, self._saved_step, self.out_dir, forced=forced)
 
