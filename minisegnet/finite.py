@@ -6,14 +6,14 @@ infinite on the way; with Adam, whose steps are about ``lr`` whatever the gradie
 weights grow to 1e29 while every loss stays a number.  Three checks; the training loop
 makes the first two, the third lives in :mod:`minisegnet.checkpoint`:
 
-**After every step, before the update** (:class:`DivergenceWatch`, :func:`squared_gradient_norm`):
+**After every step, before the update** (:class:`DivergenceWatch`, :func:`squared_gradient_norm_on_device`):
 the loss and the global gradient norm must be finite, and the loss must not be far above its
 running level (more than :data:`SPIKE_FACTOR` times the median of the last
 :data:`RECENT_LOSSES` losses, or :data:`LOSS_FLOOR` when that median is smaller); otherwise the
 loop raises :class:`TrainingDiverged`, naming the step and the first layer in backward order
 whose gradient went non-finite, and suggesting a lower learning rate.  The norm costs one reduction per parameter,
-*kept on the device*, summed there, and one conversion to a host number per step --
-never a look at each element from Python.  Only when a step fails is the culprit
+*kept on the device*, summed there, and read back together with the loss in one transfer
+(:func:`host_floats`) -- one GPU sync per step, never a look at each element from Python.  Only when a step fails is the culprit
 searched for (:func:`first_nonfinite`, over the gradients in reverse registration
 order, which is the order the backward pass ran in): the first layer whose gradient went
 non-finite is where the overflow started; the layers after it in backward order only
@@ -36,7 +36,7 @@ import math
 import statistics
 from collections import deque
 
-from .backend import get_array_module
+from .backend import device_of, get_array_module, is_array, to_numpy
 
 SPIKE_FACTOR = 1e3  # a loss this many times its running level is a divergence
 RECENT_LOSSES = 50  # the running level: the median of this many recent losses
@@ -45,15 +45,23 @@ RECENT_LOSSES = 50  # the running level: the median of this many recent losses
 LOSS_FLOOR = 0.1
 
 __all__ = ["TrainingDiverged", "DivergenceWatch", "SPIKE_FACTOR", "RECENT_LOSSES", "LOSS_FLOOR",
-           "squared_gradient_norm", "first_nonfinite", "first_nonfinite_gradient", "first_nonfinite_state"]
+           "squared_gradient_norm", "squared_gradient_norm_on_device", "host_floats", "first_nonfinite", "first_nonfinite_gradient", "first_nonfinite_state"]
 
 
 def squared_gradient_norm(parameters) -> float:
     """``sum_p ||p.grad||^2`` over the parameters that have a gradient, as one host float.
 
+    NaN or inf when any gradient is not finite (or the sum overflows).
+    """
+    total = squared_gradient_norm_on_device(parameters)
+    return 0.0 if total is None else float(total)
+
+
+def squared_gradient_norm_on_device(parameters):
+    """``sum_p ||p.grad||^2`` as a scalar where the gradients live (None: no gradient at all).
+
     Each parameter contributes one dot product computed where its gradient lives (NumPy or
-    CuPy); the sum stays there and is converted once.  NaN or inf when any gradient is not
-    finite (or the sum overflows).
+    CuPy) and the sum stays there: nothing is read back to the host, so a GPU is not stalled.
     """
     total = None
     for p in parameters:
@@ -64,7 +72,21 @@ def squared_gradient_norm(parameters) -> float:
         xp = get_array_module(flat)
         term = xp.vdot(flat, flat)
         total = term if total is None else total + term
-    return 0.0 if total is None else float(total)
+    return total
+
+
+def host_floats(*values) -> tuple[float, ...]:
+    """Scalars (Python numbers, NumPy scalars, 0-d NumPy or CuPy arrays) as host floats, in one transfer.
+
+    On a GPU every read of a device value waits for the work queued before it; reading a
+    step's loss and gradient norm together costs one such wait, not one each.  ``None`` gives 0.0.
+    """
+    on_device = [v for v in values if is_array(v) and device_of(v) != "cpu"]
+    if not on_device:
+        return tuple(0.0 if v is None else float(v) for v in values)
+    xp = get_array_module(*on_device)
+    together = xp.stack([xp.asarray(0.0 if v is None else v, dtype=xp.float64).reshape(()) for v in values])
+    return tuple(float(v) for v in to_numpy(together))
 
 
 def _all_finite(array) -> bool:
@@ -132,9 +154,8 @@ class DivergenceWatch:
         """A step's loss, once the step is applied."""
         self.recent.append(loss)
 
-    def check(self, loss: float, parameters, model) -> str | None:
-        """What is wrong with this step, in words, or None when it may be applied."""
-        grad_sq = squared_gradient_norm(parameters)  # one reduction per parameter, one host number
+    def check(self, loss: float, grad_sq: float, model) -> str | None:
+        """What is wrong with this step (loss, squared gradient norm), in words, or None when it may be applied."""
         level = statistics.median(self.recent) if self.recent else None
         spike = level is not None and loss > SPIKE_FACTOR * max(level, LOSS_FLOOR)
         if math.isfinite(loss) and math.isfinite(grad_sq) and not spike:

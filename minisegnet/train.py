@@ -45,7 +45,7 @@ from .budget import PLAN_AFTER_STEPS, InsufficientMemory  # noqa: F401
 from .config import DATASETS, LOSS_NORMALIZATIONS, OPTIMIZERS, SCHEDULES, SOLVER_DEFAULTS, TrainConfig  # noqa: F401
 from .data import CLASS_NAMES, NUM_CLASSES, VOID_LABEL, BatchLoader  # noqa: F401
 from .evaluation import evaluate, evaluate_checkpoint, recompute_bn_statistics  # noqa: F401
-from .finite import TrainingDiverged, first_nonfinite_state
+from .finite import TrainingDiverged, first_nonfinite_state, host_floats, squared_gradient_norm_on_device
 from .inference import predict_images  # noqa: F401
 from .interruptions import Abort, SignalGuard, Stop, TrainingInterrupted
 from .layers import Dropout
@@ -189,7 +189,9 @@ class Trainer:
                 logits = model.forward(x)
                 loss = criterion.forward(logits, y)
                 model.backward(criterion.backward(), input_grad=False)
-                self._check_step(loss)  # before the update: a diverged step changes no weight
+                # the step's one read from the device: the loss and the gradient norm, together
+                loss, grad_sq = host_floats(loss, squared_gradient_norm_on_device(optimizer.params))
+                self._check_step(loss, grad_sq)  # before the update: a diverged step changes no weight
                 optimizer.step()
 
                 if self.scheduler is not None:
@@ -222,9 +224,9 @@ class Trainer:
         evaluation_follows = self.batch >= steps_per_epoch and (self.epoch + 1) % self.config.eval_every == 0
         return not evaluation_follows
 
-    def _check_step(self, loss: float) -> None:
+    def _check_step(self, loss: float, grad_sq: float) -> None:
         """Raise :class:`TrainingDiverged` unless the loss and the gradient norm are finite and the loss is sane."""
-        problem = self._divergence.check(loss, self.optimizer.params, self.model)
+        problem = self._divergence.check(loss, grad_sq, self.model)
         if problem is not None:
             step = self.step + 1
             raise TrainingDiverged(

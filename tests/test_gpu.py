@@ -356,6 +356,18 @@ def test_bayesian_segnet_basic_active_dropout_on_device(rng):
 
 
 @gpu
+def test_host_floats_reads_device_scalars_in_one_transfer(monkeypatch):
+    import cupy
+
+    from minisegnet.finite import host_floats
+    reads = []
+    real = cupy.asnumpy
+    monkeypatch.setattr(cupy, "asnumpy", lambda a, *args, **kw: reads.append(1) or real(a, *args, **kw))
+    values = host_floats(cupy.asarray(1.5, dtype=cupy.float32), cupy.asarray(2.0), None, 3)
+    assert values == (1.5, 2.0, 0.0, 3.0) and len(reads) == 1
+
+
+@gpu
 def test_predict_and_predict_mc_on_device(rng):
     model = randomise_bn(small_model(BayesianSegNetBasic, channels=6), rng).double()
     dev_model = on_device(model)
@@ -456,3 +468,4 @@ def test_require_gpu_fails_a_gpu_test_that_skips_for_another_reason(tmp_path):
     assert "a dependency is missing" in output and "forbids skipping" in output, output
     code, output = run_pytest([], tmp_path, require_gpu=False)
     assert code == 0 and "1 passed, 1 skipped, 1 xfailed" in output, output
+

@@ -429,6 +429,19 @@ def test_the_first_non_finite_gradient_in_backward_order_is_named(tmp_path):
     assert not (tmp_path / "run" / "run.lock").exists()
 
 
+def test_the_loss_and_the_gradient_norm_are_read_in_one_transfer():
+    from minisegnet.finite import host_floats, squared_gradient_norm_on_device
+    from minisegnet.module import Parameter
+    assert host_floats(np.float32(1.5), np.array(2.0), None, 3) == (1.5, 2.0, 0.0, 3.0)
+    params = [Parameter(np.array([3.0, 4.0], dtype=np.float32)), Parameter(np.ones(2, dtype=np.float32))]
+    assert squared_gradient_norm_on_device(params) is None  # no gradient yet
+    params[0].grad = params[0].data.copy()
+    total = squared_gradient_norm_on_device(params)
+    assert isinstance(total, np.floating) and total == 25.0  # a scalar of the array module, not read back
+    params[1].grad = np.array([np.inf, 0.0], dtype=np.float32)
+    assert host_floats(squared_gradient_norm_on_device(params))[0] == np.inf
+
+
 def test_a_checkpoint_with_non_finite_statistics_is_never_written(tmp_path, monkeypatch):
     out = tmp_path / "run"
     train(TrainConfig(**TINY, epochs=1, out_dir=str(out)), progress=False)
