@@ -1,4 +1,6 @@
 """SoftmaxCrossEntropy: every normalisation, weights, ignored pixels, stability, bad input."""
+import json
+
 import numpy as np
 import pytest
 
@@ -70,9 +72,21 @@ def test_loss_matches_hand_computed_reference(normalize, weighted):
     weight = WEIGHTS if weighted else None
     loss = SoftmaxCrossEntropy(weight, ignore_index=IGNORE, normalize=normalize)
     value = loss.forward(logits, labels)
-    assert isinstance(value, float)
+    assert type(value) is np.float64
     expected = reference_loss(logits, labels, weight, IGNORE, normalize)
     assert value == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_loss_is_a_numpy_float64_that_works_as_a_python_float(dtype):
+    """On NumPy the value is on the host already: a ``numpy.float64``, which *is* a Python float."""
+    logits, labels = make_batch(seed=12, dtype=dtype)
+    value = SoftmaxCrossEntropy(WEIGHTS, ignore_index=IGNORE).forward(logits, labels)
+    assert type(value) is np.float64 and isinstance(value, float)
+    expected = reference_loss(logits, labels, WEIGHTS, IGNORE)
+    assert float(value) == pytest.approx(expected, rel=1e-6 if dtype == np.float32 else 1e-12)
+    assert f"{value:.3f}" == f"{float(value):.3f}"
+    assert json.loads(json.dumps({"loss": value})) == {"loss": float(value)}  # a float32 would not serialise
 
 
 def test_valid_normalisation_is_segnets_caffe_loss():
@@ -182,6 +196,23 @@ def test_backward_needs_a_kept_forward():
 
 
 # -- bad input -----------------------------------------------------------------------------
+
+def test_label_range_check_follows_validate_labels():
+    """Default: checked on NumPy (cheap), not on CuPy (a host sync); True: everywhere; False: never."""
+    assert SoftmaxCrossEntropy().checks_label_values(np)
+    assert not SoftmaxCrossEntropy().checks_label_values(object())  # any other array module, CuPy
+    assert SoftmaxCrossEntropy(validate_labels=True).checks_label_values(object())
+    logits, labels = make_batch(seed=13, ignored=0)
+    labels[0, 0, 0] = 9
+    with pytest.raises(ValueError, match="expected labels in"):
+        SoftmaxCrossEntropy(validate_labels=True).forward(logits, labels)
+    unchecked = SoftmaxCrossEntropy(validate_labels=False)
+    assert not unchecked.checks_label_values(np)
+    with pytest.raises(IndexError):  # no readable message any more: NumPy's own indexing error
+        unchecked.forward(logits, labels)
+    with pytest.raises(TypeError, match="validate_labels"):
+        SoftmaxCrossEntropy(validate_labels="yes")
+
 
 def test_labels_out_of_range_are_named():
     logits, labels = make_batch(seed=10, ignored=0)

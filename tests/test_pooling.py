@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from minisegnet.grad_mode import no_grad
 from minisegnet.gradcheck import gradcheck
-from minisegnet.layers.pooling import MaxPool2d, MaxUnpool2d
+from minisegnet.layers.pooling import MaxPool2d, MaxUnpool2d, PackedIndices
 
 # Gradient checks need inputs without ties (the max is not differentiable at a tie):
 # the ``tie_free`` fixture (conftest.py) draws distinct values at least 2/size apart.
@@ -437,3 +437,141 @@ def test_unpool_rejects_bad_output_size(tie_free):
     unpool(y, idx, (45, 60))
     with pytest.raises(ValueError, match=r"MaxUnpool2d.backward.*\(2, 3, 45, 60\)"):
         unpool.backward(np.zeros((2, 3, 46, 60)))
+
+
+# -- checking index values: validate_indices --------------------------------------------------------------
+def test_index_value_checks_follow_validate_indices(tie_free):
+    """Default: the values are checked on NumPy, not on CuPy (a host sync); True: everywhere; False: never."""
+    assert MaxUnpool2d().checks_index_values(np)
+    assert not MaxUnpool2d().checks_index_values(object())  # any other array module, CuPy
+    assert MaxUnpool2d(validate_indices=True).checks_index_values(object())
+    assert not MaxUnpool2d(validate_indices=False).checks_index_values(np)
+    y, idx = MaxPool2d()(tie_free((1, 2, 4, 4)))
+    bad = idx.copy()
+    bad[0, 0, 0, 0] = 4
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        MaxUnpool2d(validate_indices=True)(y, bad, (4, 4))
+    unchecked = MaxUnpool2d(validate_indices=False)
+    z = unchecked(y, bad, (4, 4))  # not caught: the value of that window is left out
+    assert np.count_nonzero(z[0, 0, :2, :2]) == 0 and np.count_nonzero(z) == y.size - 1
+    with pytest.raises(ValueError, match=r"\(1, 2, 2, 1\)"):  # shape, dtype, device: always checked
+        unchecked(y, idx[:, :, :, :1], (4, 4))
+    with pytest.raises(TypeError, match="integer indices"):
+        unchecked(y, idx.astype(np.float32), (4, 4))
+    with pytest.raises(TypeError, match="validate_indices"):
+        MaxUnpool2d(validate_indices=1)
+    assert "validate_indices=False" in repr(unchecked) and "validate_indices" not in repr(MaxUnpool2d())
+
+
+# -- 2-bit packed indices ---------------------------------------------------------------------------------
+def test_packed_layout_four_windows_a_byte_lowest_bits_first():
+    # one row of 5 windows (2×2 each) whose maxima sit at positions 1, 2, 3, 0, 2
+    positions = [1, 2, 3, 0, 2]
+    x = np.zeros((1, 1, 2, 10))
+    for j, k in enumerate(positions):
+        ky, kx = divmod(k, 2)
+        x[0, 0, ky, 2 * j + kx] = 1.0 + j
+    y, packed = MaxPool2d(pack_indices=True)(x)
+    assert isinstance(packed, PackedIndices) and packed.shape == (1, 1, 1, 5)
+    assert packed.data.dtype == np.uint8 and packed.data.shape == (1, 1, 1, 2)  # ceil(5 / 4) bytes
+    first = positions[0] | positions[1] << 2 | positions[2] << 4 | positions[3] << 6
+    np.testing.assert_array_equal(packed.data[0, 0, 0], [first, positions[4]])  # the padding bits are 0
+    np.testing.assert_array_equal(packed.unpack()[0, 0, 0], positions)
+
+
+@pytest.mark.parametrize("wo", range(1, 10))
+def test_packed_indices_hold_ceil_w_over_4_bytes_per_row(wo, rng):
+    indices = rng.integers(0, 4, (2, 3, 5, wo)).astype(np.uint8)
+    packed = PackedIndices.pack(indices)
+    assert packed.data.shape == (2, 3, 5, -(-wo // 4))
+    assert packed.nbytes == 2 * 3 * 5 * -(-wo // 4) == packed.data.nbytes
+    np.testing.assert_array_equal(packed.unpack(), indices)
+    assert packed.unpack().dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride, ceil_mode",
+    [
+        ((2, 3, 5, 7), 2, 2, True),  # odd sizes, border windows
+        ((2, 3, 5, 7), 2, 2, False),
+        ((1, 2, 45, 60), 2, 2, True),  # SegNet's fourth stage: 23×30, 30 windows = 7.5 bytes a row
+        ((1, 2, 9, 17), 2, 1, True),  # overlapping windows
+        ((1, 1, 6, 9), (1, 2), (1, 2), True),
+        ((1, 1, 7, 11), (1, 3), (1, 2), True),  # 3 positions fit 2 bits too
+        ((1, 1, 1, 1), 2, 2, True),
+    ],
+)
+def test_packed_and_plain_indices_give_identical_results(shape, kernel, stride, ceil_mode, tie_free, rng):
+    x = tie_free(shape)
+    plain_pool, packed_pool = MaxPool2d(kernel, stride, ceil_mode), MaxPool2d(kernel, stride, ceil_mode, True)
+    y, idx = plain_pool(x)
+    y_p, packed = packed_pool(x)
+    np.testing.assert_array_equal(y_p, y)
+    np.testing.assert_array_equal(packed.unpack(), idx)
+    plain_unpool, packed_unpool = MaxUnpool2d(kernel, stride), MaxUnpool2d(kernel, stride)
+    z, z_p = plain_unpool(y, idx, shape), packed_unpool(y_p, packed, shape)
+    np.testing.assert_array_equal(z_p, z)
+    dz = rng.standard_normal(z.shape)
+    dv, dv_p = plain_unpool.backward(dz), packed_unpool.backward(dz)
+    np.testing.assert_array_equal(dv_p, dv)
+    np.testing.assert_array_equal(packed_pool.backward(dv_p), plain_pool.backward(dv))
+    assert packed_unpool._argmax is packed and packed_pool._argmax is packed  # kept packed, not unpacked
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=shapes, ceil_mode=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_packing_changes_nothing_on_any_shape(shape, ceil_mode, seed):
+    if reference_size(shape[2], 2, 2, ceil_mode) < 1 or reference_size(shape[3], 2, 2, ceil_mode) < 1:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 3, shape).astype(np.float64)  # ties on purpose
+    y, idx = MaxPool2d(ceil_mode=ceil_mode)(x)
+    y_p, packed = MaxPool2d(ceil_mode=ceil_mode, pack_indices=True)(x)
+    np.testing.assert_array_equal(y_p, y)
+    np.testing.assert_array_equal(packed.unpack(), idx)
+    np.testing.assert_array_equal(MaxUnpool2d()(y_p, packed, shape), MaxUnpool2d()(y, idx, shape))
+
+
+def test_pool_then_unpool_gradcheck_with_packed_indices(tie_free):
+    pool, unpool = MaxPool2d(pack_indices=True), MaxUnpool2d()
+    x = tie_free((2, 2, 5, 7))
+
+    def forward(t):
+        y, packed = pool(t)
+        assert isinstance(packed, PackedIndices)
+        return unpool(y, packed, t.shape)
+
+    reports = gradcheck(forward, lambda g: pool.backward(unpool.backward(g)), [x])
+    assert reports[0].checked == x.size
+
+
+def test_packed_indices_are_checked_like_plain_ones(tie_free):
+    y, idx = MaxPool2d()(tie_free((1, 1, 5, 7)))
+    bad = idx.copy()
+    bad[0, 0, -1, 0] = 2  # row below the last row of a 5-row map
+    with pytest.raises(ValueError, match="last row"):
+        MaxUnpool2d()(y, PackedIndices.pack(bad), (5, 7))
+    with pytest.raises(ValueError, match=r"indices of shape \(1, 1, 3, 4\) do not match .* \(1, 1, 3, 3\)"):
+        MaxUnpool2d()(y[:, :, :, :3], PackedIndices.pack(idx), (5, 5))
+    with pytest.raises(TypeError, match="PackedIndices"):
+        MaxUnpool2d()(y, PackedIndices(idx.tolist(), idx.shape), (5, 7))
+
+
+def test_pack_indices_refuses_windows_over_four_pixels():
+    with pytest.raises(ValueError, match=r"MaxPool2d: pack_indices=True .* 2 bits.* 3×3 window has 9"):
+        MaxPool2d(3, 2, pack_indices=True)
+    with pytest.raises(ValueError, match="2×3 window has 6"):
+        MaxPool2d((2, 3), pack_indices=True)
+    with pytest.raises(TypeError, match="pack_indices"):
+        MaxPool2d(pack_indices="yes")
+    assert "pack_indices=True" in repr(MaxPool2d(pack_indices=True)) and "pack" not in repr(MaxPool2d())
+
+
+def test_packed_indices_under_no_grad(tie_free):
+    x = tie_free((1, 2, 6, 10))
+    pool = MaxPool2d(pack_indices=True)
+    with no_grad():
+        y, packed = pool(x)
+        z = MaxUnpool2d()(y, packed, x.shape)
+    assert pool._argmax is None
+    np.testing.assert_array_equal(z, MaxUnpool2d()(*MaxPool2d()(x), x.shape))

@@ -5,8 +5,8 @@ from .conv import Conv2d
 from .conv_transpose import ConvTranspose2d
 from .dropout import Dropout
 from .loss import SoftmaxCrossEntropy
-from .pooling import MaxPool2d, MaxUnpool2d
+from .pooling import MaxPool2d, MaxUnpool2d, PackedIndices
 from .upsample import Upsample
 
 __all__ = ["Conv2d", "BatchNorm2d", "ReLU", "Dropout", "MaxPool2d", "MaxUnpool2d", "SoftmaxCrossEntropy",
-           "ConvTranspose2d", "Upsample"]
+           "ConvTranspose2d", "Upsample", "PackedIndices"]

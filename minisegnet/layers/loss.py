@@ -38,7 +38,8 @@ class SoftmaxCrossEntropy(Module):
     Pixels whose label is ``ignore_index`` (CamVid's void) contribute nothing to the loss,
     the gradient or the normaliser.  When the normaliser is 0 (every pixel ignored, or
     zero weight on all of them) the loss is 0.0 and the gradient is zero, instead of the
-    0/0 = NaN PyTorch returns.
+    0/0 = NaN PyTorch returns.  That case is decided on the device, without asking the
+    host: ``scale = [normaliser > 0] / max(normaliser, tiny)`` is ``1 / normaliser`` or 0.
 
     Backward.  With ``log p_y = z_y - log sum_j exp z_j``, ::
 
@@ -51,8 +52,22 @@ class SoftmaxCrossEntropy(Module):
     therefore runs once per forward (like PyTorch freeing its graph): a second call
     raises a ``RuntimeError`` that says so, rather than a wrong gradient.
 
-    ``forward(logits (N, K, H, W) float, labels (N, H, W) integer) -> float``; labels on
-    the host are moved to the logits' device.  ``backward(grad_output=1.0) -> dlogits``
+    ``forward(logits (N, K, H, W) float, labels (N, H, W) integer) -> loss``; labels on
+    the host are moved to the logits' device.  The loss is a scalar that stays where the
+    logits are, so that computing it never waits for the GPU: on NumPy a ``numpy.float64``
+    (a subclass of Python's ``float``: print it, compare it, ``json.dump`` it), on CuPy a
+    0-d device array of the logits' dtype.  ``float(loss)`` gives the number when you need
+    it (PyTorch's ``loss.item()``); on a GPU that is the step's one wait for the device, so
+    read it when you log it, not every step for nothing.
+
+    Checking the labels.  Their type, dtype and shape are always checked (metadata the
+    host has).  Whether every label lies in ``[0, K)`` (or is ``ignore_index``) can only be
+    seen by reading them, a host sync on a GPU: ``validate_labels=None`` (default) checks
+    on NumPy and not on CuPy, ``True`` checks on any device (debugging a GPU run),
+    ``False`` never.  An unchecked label ``>= K`` makes CuPy's indexing wrap or clip
+    silently instead of raising.
+
+    ``backward(grad_output=1.0) -> dlogits``
     (same shape and dtype as ``logits``; ``grad_output`` scales it, for a weighted sum of
     losses).  Same in training and eval mode; inside ``minisegnet.no_grad()`` the forward
     keeps no cache (and leaves an earlier forward's untouched).  The loss is computed in
@@ -61,10 +76,14 @@ class SoftmaxCrossEntropy(Module):
     ``self._pixel_scale`` (``w_y / normaliser``, 0 on ignored pixels, shape (N, H*W)).
     """
 
-    def __init__(self, weight=None, ignore_index: int | None = None, normalize: str = "valid"):
+    def __init__(self, weight=None, ignore_index: int | None = None, normalize: str = "valid",
+                 validate_labels: bool | None = None):
         super().__init__()
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"{_LAYER}: expected normalize in {NORMALIZE_MODES}, got {normalize!r}")
+        if validate_labels is not None and not isinstance(validate_labels, (bool, np.bool_)):
+            raise TypeError(f"{_LAYER}: expected validate_labels as None, True or False, got {validate_labels!r}")
+        self.validate_labels = None if validate_labels is None else bool(validate_labels)
         bad_ignore = isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
         if ignore_index is not None and bad_ignore:
             raise ValueError(f"{_LAYER}: expected ignore_index as an int or None, got {ignore_index!r}")
@@ -93,6 +112,13 @@ class SoftmaxCrossEntropy(Module):
         w = None if self.weight is None else f"<{self.weight.shape[0]} classes>"
         return f"weight={w}, ignore_index={self.ignore_index}, normalize={self.normalize!r}"
 
+    def checks_label_values(self, xp) -> bool:
+        """Whether forward reads the labels to check their range, for arrays of module ``xp``.
+
+        ``validate_labels`` when set, else only on NumPy (on CuPy it would stall the GPU).
+        """
+        return xp is np if self.validate_labels is None else self.validate_labels
+
     def _check_labels(self, logits, labels):
         if not is_array(labels):
             raise TypeError(f"{_LAYER}: expected labels as a NumPy/CuPy array, got {type(labels).__name__}")
@@ -108,13 +134,20 @@ class SoftmaxCrossEntropy(Module):
             raise ValueError(
                 f"{_LAYER}: expected {k} class weights (one per logit channel), got {self.weight.shape[0]}"
             )
-        labels = to_device(labels, device_of(logits))
         xp = get_array_module(logits)
+        if get_array_module(labels) is not xp:
+            labels = to_device(labels, device_of(logits))
         # compare only with values the label dtype can hold (uint8 labels vs ignore_index=-100, K=300 ...)
         info = np.iinfo(labels.dtype)
         ignore = self.ignore_index
         if ignore is not None and not info.min <= ignore <= info.max:
             ignore = None  # no label of this dtype can equal it
+        if self.checks_label_values(xp):
+            self._check_label_values(xp, labels, k, info, ignore)
+        return labels, ignore
+
+    def _check_label_values(self, xp, labels, k: int, info, ignore) -> None:
+        """Every label in ``[0, K)`` or ``ignore``: reads the labels (a host sync on a GPU)."""
         bad = labels >= k if k <= info.max else xp.zeros(labels.shape, dtype=bool)
         if info.min < 0:
             bad |= labels < 0
@@ -125,9 +158,8 @@ class SoftmaxCrossEntropy(Module):
             shown = ", ".join(str(v) for v in values[:10]) + (", ..." if values.size > 10 else "")
             also = "" if self.ignore_index is None else f" or the ignore_index {self.ignore_index}"
             raise ValueError(f"{_LAYER}: expected labels in [0, {k}){also}, got values {shown}")
-        return labels, ignore
 
-    def forward(self, logits, labels) -> float:
+    def forward(self, logits, labels):
         check_feature_map(_LAYER, logits, name="logits")
         labels, ignore = self._check_labels(logits, labels)
         xp = get_array_module(logits)
@@ -157,7 +189,10 @@ class SoftmaxCrossEntropy(Module):
 
         # per-pixel weight w_y, 0 on ignored pixels
         if self.weight is not None:
-            class_weight = xp.asarray(to_device(self.weight, device_of(logits)), dtype=dtype)
+            class_weight = self.weight
+            if get_array_module(class_weight) is not xp:
+                class_weight = to_device(class_weight, device_of(logits))
+            class_weight = xp.asarray(class_weight, dtype=dtype)
             pixel_weight = class_weight[safe_labels]
             if valid is not None:
                 pixel_weight *= valid
@@ -166,18 +201,20 @@ class SoftmaxCrossEntropy(Module):
         else:
             pixel_weight = None
 
-        normaliser = self._normaliser(xp, pixel_weight, valid, n, pixels)
-        if normaliser > 0:
-            total = xp.sum(nll) if pixel_weight is None else xp.einsum("np,np->", nll, pixel_weight)
-            loss = float(total) / normaliser
-        else:
-            loss = 0.0
+        # 1 / normaliser, or 0 when the normaliser is 0 -- a 0-d array on the logits' device,
+        # so neither the count of valid pixels nor the branch ever goes through the host
+        normaliser = xp.asarray(self._normaliser(xp, pixel_weight, valid, n, pixels), dtype=dtype)
+        scale = (normaliser > 0) / xp.maximum(normaliser, np.finfo(dtype).tiny)
+        scale = scale.astype(dtype, copy=False)  # (bool / float keeps the float's dtype; made sure)
+        total = xp.sum(nll) if pixel_weight is None else xp.einsum("np,np->", nll, pixel_weight)
+        loss = total * scale
+        if xp is np:  # already on the host: a NumPy float64, which is a Python float too
+            loss = np.float64(loss)
 
         if is_grad_enabled():
             probs /= sum_exp[:, None, :]
-            scale = dtype.type(1.0 / normaliser if normaliser > 0 else 0.0)
             if pixel_weight is None:
-                pixel_scale = xp.full((n, pixels), scale, dtype=dtype)
+                pixel_scale = xp.broadcast_to(scale, (n, pixels))  # one value for every pixel, no copy
             else:
                 pixel_scale = pixel_weight
                 pixel_scale *= scale
@@ -186,17 +223,18 @@ class SoftmaxCrossEntropy(Module):
             self._gradient_handed_out = False
         return loss
 
-    def _normaliser(self, xp, pixel_weight, valid, n: int, pixels: int) -> float:
+    def _normaliser(self, xp, pixel_weight, valid, n: int, pixels: int):
+        """The normaliser of ``self.normalize``: a Python number, or a 0-d array of ``xp`` (never read here)."""
         mode = self.normalize
         if mode == "valid" or (mode == "weights" and self.weight is None):
-            return float(n * pixels) if valid is None else float(xp.count_nonzero(valid))
+            return n * pixels if valid is None else xp.count_nonzero(valid)
         if mode == "weights":
-            return float(xp.sum(pixel_weight))
+            return xp.sum(pixel_weight)
         if mode == "full":
-            return float(n * pixels)
+            return n * pixels
         if mode == "batch":
-            return float(n)
-        return 1.0  # "sum"
+            return n
+        return 1  # "sum"
 
     def backward(self, grad_output=1.0):
         if self._gradient_handed_out:

@@ -13,7 +13,8 @@ flat position in the whole map.  Local indices fit in the smallest unsigned inte
 type, ``uint8``: one byte per pooled value instead of the eight of PyTorch's int64 flat
 indices (the article notes that 2 bits per 2×2 window suffice in principle).  For the
 first stage of SegNet at 360×480 with 64 channels that is 2.8 MB instead of 22 MB per
-image.
+image.  ``MaxPool2d(pack_indices=True)`` goes down to those 2 bits: four windows share a
+byte (:class:`PackedIndices`), 32× smaller than int64.
 
 Odd sizes, ``ceil_mode=True`` (SegNet/Caffe): 45×60 pools to 23×30; the last window in
 each direction hangs over the border and only compares the pixels that exist, as if
@@ -138,6 +139,78 @@ def _gather(full, argmax, kernel, stride):
     return out
 
 
+# -- 2-bit packed indices ----------------------------------------------------------
+PACKED_BITS = 2
+PACKED_PER_BYTE = 8 // PACKED_BITS  # four window indices share one byte
+PACKED_LIMIT = 1 << PACKED_BITS  # a packed index is 0, 1, 2 or 3: windows of at most 4 pixels
+
+
+class PackedIndices:
+    """Window-local indices of a 2×2 pooling, 2 bits each: four windows to a byte.
+
+    A 2×2 window has four positions, so its index ``ky * 2 + kx`` needs only 2 bits, not
+    the 8 of a uint8.  ``data`` is a uint8 array of shape ``(N, C, Ho, ceil(Wo / 4))``; the
+    index of window ``(i, j)`` sits in byte ``j // 4`` of row ``i``, at bits
+    ``2 * (j % 4)`` and ``2 * (j % 4) + 1`` (the first window of a byte in the lowest two
+    bits)::
+
+        windows j:      0    1    2    3  |  4    5 ...
+        byte j // 4:  [ b1b0 b3b2 b5b4 b7b6 ] [ b1b0 b3b2 ...
+                       j=0  j=1  j=2  j=3    j=4  j=5      (bits listed high to low: j=3 | j=2 | j=1 | j=0)
+
+    A row of ``Wo`` windows takes ``ceil(Wo / 4)`` bytes; when ``Wo`` is not a multiple of
+    4 the last byte is padded with zero bits, so rows never share a byte and the packing
+    is a loop over the four positions in a byte, each a strided slice of the whole map
+    (``indices[..., q::4]``), never over pixels.
+
+    ``shape`` is the shape of the unpacked indices (that of the pooled map), ``nbytes`` the
+    memory the packed form holds, ``unpack()`` gives the uint8 indices back.
+    :class:`MaxUnpool2d` and ``MaxPool2d.backward`` accept either form.
+    """
+
+    def __init__(self, data, shape):
+        self.data = data
+        self.shape = tuple(int(s) for s in shape)
+
+    @classmethod
+    def pack(cls, indices) -> "PackedIndices":
+        """Pack window-local indices (each < 4) of shape (N, C, Ho, Wo) into 2 bits each."""
+        xp = get_array_module(indices)
+        *lead, wo = indices.shape
+        data = xp.zeros((*lead, -(-wo // PACKED_PER_BYTE)), dtype=np.uint8)
+        for q in range(min(PACKED_PER_BYTE, wo)):  # position inside the byte
+            column = indices[..., q::PACKED_PER_BYTE].astype(np.uint8, copy=False)  # windows q, q+4, q+8 ...
+            data[..., : column.shape[-1]] |= column << np.uint8(PACKED_BITS * q)
+        return cls(data, indices.shape)
+
+    def unpack(self):
+        """The uint8 indices, shape ``self.shape``: ``(byte >> 2q) & 3`` for the q-th window of a byte."""
+        xp = get_array_module(self.data)
+        out = xp.empty(self.shape, dtype=np.uint8)
+        wo = self.shape[-1]
+        for q in range(min(PACKED_PER_BYTE, wo)):
+            target = out[..., q::PACKED_PER_BYTE]
+            xp.right_shift(self.data[..., : target.shape[-1]], np.uint8(PACKED_BITS * q), out=target)
+            target &= np.uint8(PACKED_LIMIT - 1)
+        return out
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    def __repr__(self) -> str:
+        return f"PackedIndices(shape={self.shape}, {self.data.shape[-1]} bytes per row)"
+
+
+def _unpacked(indices):
+    """The plain window-local indices, whether they came packed or not."""
+    return indices.unpack() if isinstance(indices, PackedIndices) else indices
+
+
 # -- the layers --------------------------------------------------------------------
 class MaxPool2d(Module):
     """Max pooling over k×k windows that also returns where each maximum was.
@@ -163,17 +236,34 @@ class MaxPool2d(Module):
     offset (an addition where overlapping windows chose the same pixel).  The indices
     carry no gradient.
 
+    ``pack_indices=True`` returns the indices as :class:`PackedIndices`, 2 bits per window,
+    four windows to a byte (``ceil(Wo / 4)`` bytes per row instead of ``Wo``): a quarter of
+    the uint8 memory, for the encoder's indices that wait for the decoder.  It needs a
+    window of at most 4 pixels (2×2, as in SegNet); the unpool and this layer's backward
+    unpack them (a few vectorised passes over a uint8 map, no loop over pixels).  The
+    values are the same as without packing, so results are identical bit for bit.
+
     Train and eval behave alike; forward keeps the argmax (a reference to the returned
     ``indices``) and the input shape for backward, except inside ``minisegnet.no_grad()``
     (which keeps nothing and leaves what an earlier forward stored untouched).
     The layer has no parameters.
     """
 
-    def __init__(self, kernel_size=2, stride=None, ceil_mode: bool = True):
+    def __init__(self, kernel_size=2, stride=None, ceil_mode: bool = True, pack_indices: bool = False):
         super().__init__()
         self.kernel_size = _pair(kernel_size, "kernel_size", "MaxPool2d")
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride", "MaxPool2d")
         self.ceil_mode = bool(ceil_mode)
+        if not isinstance(pack_indices, (bool, np.bool_)):
+            raise TypeError(f"MaxPool2d: pack_indices must be True or False, got {pack_indices!r}")
+        kh, kw = self.kernel_size
+        if pack_indices and kh * kw > PACKED_LIMIT:
+            raise ValueError(
+                f"MaxPool2d: pack_indices=True stores each window-local index in {PACKED_BITS} bits, which hold "
+                f"{PACKED_LIMIT} positions (a 2×2 window); a {kh}×{kw} window has {kh * kw}. "
+                "Use pack_indices=False (uint8 indices) for larger windows"
+            )
+        self.pack_indices = bool(pack_indices)
         self._argmax = None
         self._input_shape = None
 
@@ -210,18 +300,20 @@ class MaxPool2d(Module):
             # where it wins" is a maximum: vectorised, ~40x faster than copyto(where=).
             xp.maximum(arg, wins, out=arg)
             xp.maximum(best, candidate, out=best)
+        indices = PackedIndices.pack(argmax) if self.pack_indices else argmax
         if is_grad_enabled():
-            self._argmax, self._input_shape = argmax, tuple(x.shape)
-        return y, argmax
+            self._argmax, self._input_shape = indices, tuple(x.shape)
+        return y, indices
 
     def backward(self, dy):
         """``dx = scatter(dy, argmax)``: each gradient goes to the pixel that won its window."""
         argmax = require_cache("MaxPool2d", self._argmax)
         check_grad_shape("MaxPool2d", dy, argmax.shape)
-        return _scatter(dy, argmax, self._input_shape, self.kernel_size, self.stride)
+        return _scatter(dy, _unpacked(argmax), self._input_shape, self.kernel_size, self.stride)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, ceil_mode={self.ceil_mode}"
+        packed = ", pack_indices=True" if self.pack_indices else ""
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, ceil_mode={self.ceil_mode}{packed}"
 
 
 class MaxUnpool2d(Module):
@@ -251,14 +343,31 @@ class MaxUnpool2d(Module):
     (With overlapping windows a pixel chosen twice receives the *sum* of both values,
     which keeps unpooling the exact transpose of pooling; PyTorch overwrites instead.)
 
+    ``indices`` may be a uint8 (or any integer) array or the :class:`PackedIndices` of
+    ``MaxPool2d(pack_indices=True)``; packed indices are unpacked for the scatter and kept
+    packed for backward.
+
+    Checking the indices.  Their type, shape, dtype and device are always checked: that
+    reads only metadata the host already has.  Their *values* (each in ``[0, kh*kw)``, and
+    in ceil mode pointing at a pixel that exists) can only be checked by reading the
+    array, which on a GPU means copying a result to the host and waiting for every queued
+    kernel: about 15 such stalls per SegNet forward.  ``validate_indices`` chooses:
+    ``None`` (default) checks the values on NumPy, where they are cheap and a learner's
+    mistake is caught at once, and skips them on CuPy; ``True`` checks them on any device
+    (for debugging a GPU run); ``False`` never checks them.  Unchecked wrong indices are
+    not caught: an index ``>= kh*kw`` then leaves its value out of the output.
+
     Train and eval behave alike; forward keeps a reference to ``indices`` and the output
     shape, except inside ``minisegnet.no_grad()``.  The layer has no parameters.
     """
 
-    def __init__(self, kernel_size=2, stride=None):
+    def __init__(self, kernel_size=2, stride=None, validate_indices: bool | None = None):
         super().__init__()
         self.kernel_size = _pair(kernel_size, "kernel_size", "MaxUnpool2d")
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride", "MaxUnpool2d")
+        if validate_indices is not None and not isinstance(validate_indices, (bool, np.bool_)):
+            raise TypeError(f"MaxUnpool2d: validate_indices must be None, True or False, got {validate_indices!r}")
+        self.validate_indices = None if validate_indices is None else bool(validate_indices)
         self._argmax = None
         self._output_shape = None
 
@@ -290,22 +399,39 @@ class MaxUnpool2d(Module):
                 )
         return n, c, h, w
 
-    def _check_indices(self, indices, x, full_shape):
-        if not is_array(indices):
-            raise TypeError(f"MaxUnpool2d: expected indices as a NumPy/CuPy array, got {type(indices).__name__}")
-        if np.dtype(indices.dtype).kind not in "ui":
-            raise TypeError(f"MaxUnpool2d: expected integer indices (uint8 from MaxPool2d), got dtype {indices.dtype}")
-        if device_of(indices) != device_of(x):
+    def checks_index_values(self, xp) -> bool:
+        """Whether forward reads the index values to check them, for arrays of module ``xp``.
+
+        ``validate_indices`` when set, else only on NumPy (on CuPy it would stall the GPU).
+        """
+        return xp is np if self.validate_indices is None else self.validate_indices
+
+    def _checked_indices(self, indices, x, full_shape):
+        """The plain (unpacked) window-local indices, once checked (see the class docstring)."""
+        stored = indices.data if isinstance(indices, PackedIndices) else indices
+        if not is_array(stored):
+            raise TypeError(
+                f"MaxUnpool2d: expected indices as a NumPy/CuPy array (or PackedIndices), got {type(indices).__name__}"
+            )
+        if np.dtype(stored.dtype).kind not in "ui":
+            raise TypeError(f"MaxUnpool2d: expected integer indices (uint8 from MaxPool2d), got dtype {stored.dtype}")
+        if device_of(stored) != device_of(x):
             raise ValueError(
-                f"MaxUnpool2d: input is on {device_of(x)!r} but indices are on {device_of(indices)!r}"
+                f"MaxUnpool2d: input is on {device_of(x)!r} but indices are on {device_of(stored)!r}"
             )
         if tuple(indices.shape) != tuple(x.shape):
             raise ValueError(
                 f"MaxUnpool2d: indices of shape {tuple(indices.shape)} do not match the input of shape "
                 f"{tuple(x.shape)}; pass the indices MaxPool2d returned with this map"
             )
-        if indices.size == 0:
-            return
+        indices = _unpacked(indices)
+        if indices.size == 0 or not self.checks_index_values(get_array_module(indices)):
+            return indices
+        self._check_index_values(indices, x, full_shape)
+        return indices
+
+    def _check_index_values(self, indices, x, full_shape):
+        """Every index inside its window, and inside the map: reads the values (a host sync on a GPU)."""
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         high = int(indices.max())
         low = int(indices.min()) if np.dtype(indices.dtype).kind == "i" else 0
@@ -331,9 +457,9 @@ class MaxUnpool2d(Module):
     def forward(self, x, indices, output_size=None):
         check_feature_map("MaxUnpool2d", x)
         full_shape = self._full_output_shape(x.shape, output_size)
-        self._check_indices(indices, x, full_shape)
-        y = _scatter(x, indices, full_shape, self.kernel_size, self.stride)
-        if is_grad_enabled():
+        argmax = self._checked_indices(indices, x, full_shape)
+        y = _scatter(x, argmax, full_shape, self.kernel_size, self.stride)
+        if is_grad_enabled():  # packed indices stay packed until backward needs them
             self._argmax, self._output_shape = indices, full_shape
         return y
 
@@ -341,7 +467,8 @@ class MaxUnpool2d(Module):
         """``dx = gather(dy, argmax)``: each pooled value's gradient is read where it was written."""
         argmax = require_cache("MaxUnpool2d", self._argmax)
         check_grad_shape("MaxUnpool2d", dy, self._output_shape)
-        return _gather(dy, argmax, self.kernel_size, self.stride)
+        return _gather(dy, _unpacked(argmax), self.kernel_size, self.stride)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+        checks = "" if self.validate_indices is None else f", validate_indices={self.validate_indices}"
+        return f"kernel_size={self.kernel_size}, stride={self.stride}{checks}"
