@@ -63,6 +63,25 @@ def test_forward_leaves_input_alone_unless_inplace():
     assert y is x and (x >= 0).all()
 
 
+@pytest.mark.parametrize("row", [7, 32, 10_000])  # rows plus a tail, rows only, one short row
+@pytest.mark.parametrize("inplace", [False, True])
+def test_forward_is_maximum_with_zero_bit_for_bit(monkeypatch, row, inplace):
+    """The row-of-zeros form of the maximum gives ``np.maximum(x, 0)`` exactly, NaN and -0.0 included."""
+    from minisegnet.layers import activation
+
+    monkeypatch.setattr(activation, "_ZERO_ROW", row)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 4, 8)).astype(np.float32)  # 192 values: 7 does not divide them
+    x.reshape(-1)[[0, 5, 50, 99, 150, 191]] = [np.nan, -np.inf, np.inf, -0.0, -np.nan, 0.0]
+    for case in (x, x[:, :, ::2], np.asfortranarray(x)):  # contiguous, strided, F-ordered
+        expected = np.maximum(case, np.float32(0))
+        given = case.copy(order="K")
+        y = ReLU(inplace=inplace).forward(given)
+        assert (y is given) == inplace
+        np.testing.assert_array_equal(y, expected)  # NaN where NaN
+        np.testing.assert_array_equal(np.signbit(y), np.signbit(expected))
+
+
 def test_modes_and_cache():
     x = away_from_zero((1, 2, 3, 3))
     relu = ReLU()

@@ -133,7 +133,7 @@ def test_no_grad_keeps_nothing_gives_the_same_output_and_spares_a_pending_backwa
     bn = make_bn(3)
     with no_grad():  # training statistics, but no activations kept
         np.testing.assert_allclose(bn.forward(x), with_cache, rtol=1e-12, atol=1e-12)
-    assert bn._xhat is None
+    assert bn._centred is None
     with pytest.raises(RuntimeError, match="BatchNorm2d.backward called before forward"):
         bn.backward(np.ones_like(x))
     # a no_grad forward between a forward and its backward changes nothing of that backward
@@ -156,7 +156,7 @@ def test_dtype_follows_the_layer_and_another_dtype_is_refused(dtype):
     y = bn.forward(x)
     dx = bn.backward(np.ones_like(y))
     assert y.dtype == dtype and dx.dtype == dtype
-    assert bn._xhat.dtype == dtype and bn._inv_std.dtype == dtype
+    assert bn._centred.dtype == dtype and bn._inv_std.dtype == dtype
     assert bn.running_mean.dtype == dtype and bn.weight.grad.dtype == dtype
     bn.eval()
     assert bn.forward(x).dtype == dtype
@@ -186,7 +186,87 @@ def test_training_input_gradient_is_centred_and_orthogonal_to_xhat():
     bn.forward(x)
     dx = bn.backward(np.random.default_rng(4).standard_normal(x.shape))
     np.testing.assert_allclose(dx.sum(axis=(0, 2, 3)), 0.0, atol=1e-10)
-    np.testing.assert_allclose(np.einsum("nchw,nchw->c", dx, bn._xhat), 0.0, atol=1e-10)
+    xhat = bn._centred * bn._inv_std[None, :, None, None]
+    np.testing.assert_allclose(np.einsum("nchw,nchw->c", dx, xhat), 0.0, atol=1e-10)
+
+
+def test_channel_dot_is_the_per_channel_sum_of_products_for_any_strides():
+    from minisegnet.layers.batchnorm import _channel_dot
+
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((3, 4, 5, 6))
+    b = rng.standard_normal((6, 5, 4, 3)).transpose(3, 2, 1, 0)  # not contiguous
+    np.testing.assert_allclose(_channel_dot(a, b), np.einsum("nchw,nchw->c", a, b), rtol=1e-12)
+    np.testing.assert_allclose(_channel_dot(a[:, :, ::2], a[:, :, ::2]), (a[:, :, ::2] ** 2).sum(axis=(0, 2, 3)),
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_backward_of_a_non_contiguous_gradient_equals_the_contiguous_one(train):
+    x = random_map((2, 3, 4, 5))
+    dy = np.ascontiguousarray(random_map((5, 4, 3, 2), seed=9).transpose(3, 2, 1, 0))
+    results = []
+    for grad in (dy, np.asfortranarray(dy)):
+        bn = make_bn(3)
+        set_running_stats(bn)
+        bn.train(train).forward(x)
+        results.append((bn.backward(grad), bn.weight.grad, bn.bias.grad))
+    for contiguous, strided in zip(*results):
+        np.testing.assert_allclose(strided, contiguous, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_float32_statistics_are_as_accurate_as_float32_allows(offset):
+    """A float32 layer against the float64 one on the same (float32) values.
+
+    With ``offset = 1000`` standard deviations the one-pass variance ``E[x^2] - E[x]^2``
+    loses about ``log10(offset^2)`` = 6 of float32's 7 digits; the two-pass variance keeps
+    them.  The tolerances scale with the float32 spacing of the values involved.
+    """
+    rng = np.random.default_rng(11)
+    shape = (2, 3, 40, 50)
+    x = (rng.standard_normal(shape) + offset).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    ours, reference = make_bn(3, dtype=np.float32), make_bn(3, dtype=np.float64)
+    y, dx = ours.forward(x), ours.backward(dy)
+    y64, dx64 = reference.forward(x.astype(np.float64)), reference.backward(dy.astype(np.float64))
+    m = shape[0] * shape[2] * shape[3]
+    eps32 = np.finfo(np.float32).eps
+    gamma = np.abs(reference.weight.data).max()
+    # the mean itself is rounded to float32: an error of about spacing(offset) per value of y
+    mean_rounding = float(np.spacing(np.float32(max(offset, 1.0)))) * gamma
+    np.testing.assert_allclose(y, y64, rtol=0, atol=8 * mean_rounding + 50 * eps32 * np.abs(y64).max())
+    np.testing.assert_allclose(ours.running_var, reference.running_var, rtol=50 * eps32)
+    np.testing.assert_allclose(dx, dx64, rtol=0, atol=200 * eps32 * np.abs(dx64).max())
+    tol = (8 * mean_rounding + 50 * eps32) * np.sqrt(m) * np.abs(dy).max()
+    np.testing.assert_allclose(ours.weight.grad, reference.weight.grad, rtol=0, atol=tol)
+    np.testing.assert_allclose(ours.bias.grad, reference.bias.grad, rtol=1e-5)
+
+
+class NoHostReads(np.ndarray):
+    """An array whose values cannot be read by the host: each read is a GPU sync on CuPy."""
+
+    def _refuse(self, *args, **kwargs):
+        raise AssertionError("a device value was read back to the host (a GPU sync)")
+
+    __bool__ = __int__ = __float__ = __index__ = item = tolist = _refuse
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("train", [True, False])
+def test_forward_and_backward_read_no_device_value(train, momentum):
+    """``momentum=None`` needs ``1 / num_batches_tracked``: it stays an array, never a float."""
+    bn = make_bn(3, dtype=np.float32, momentum=momentum)
+    bn._map_arrays(lambda a: a.view(NoHostReads))
+    bn.train(train)
+    x = random_map((2, 3, 4, 5), dtype=np.float32).view(NoHostReads)
+    for _ in range(2):  # the second forward reuses the cached buffer
+        y = bn.forward(x)
+        bn.backward(y)
+        with no_grad():
+            bn.forward(x)
+    assert type(bn.running_mean) is NoHostReads and type(bn.num_batches_tracked) is NoHostReads
+    assert bn.num_batches_tracked.view(np.ndarray) == (4 if train else 0)
 
 
 # -- bad input ---------------------------------------------------------------------------
@@ -251,12 +331,13 @@ def test_bad_constructor_arguments(kwargs):
 
 # -- parity with PyTorch -----------------------------------------------------------------
 
+@pytest.mark.parametrize("momentum", [0.3, None])
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-5), (np.float64, 1e-11)])
-def test_parity_with_torch(dtype, tol):
+def test_parity_with_torch(dtype, tol, momentum):
     torch = pytest.importorskip("torch", reason="PyTorch is the test oracle for parity tests")
     tdtype = torch.float32 if dtype == np.float32 else torch.float64
-    ours = make_bn(4, dtype=dtype, momentum=0.3)
-    ref = torch.nn.BatchNorm2d(4, momentum=0.3).to(tdtype)
+    ours = make_bn(4, dtype=dtype, momentum=momentum)
+    ref = torch.nn.BatchNorm2d(4, momentum=momentum).to(tdtype)
     with torch.no_grad():
         ref.weight.copy_(torch.from_numpy(ours.weight.data))
         ref.bias.copy_(torch.from_numpy(ours.bias.data))

@@ -199,11 +199,11 @@ def test_a_second_signal_that_the_writer_s_cleanup_replaces_still_stops_at_once(
     import minisegnet.checkpoint as checkpoint_module
     real_savez, real_check_step, calls, steps = np.savez, Trainer._check_step, [], []
 
-    def check_step(trainer, loss):
+    def check_step(trainer, *args):
         steps.append(1)
         if len(steps) == 5:  # a first signal in step 5: the run finishes the step and saves it ...
             os.kill(os.getpid(), signal.SIGINT)
-        return real_check_step(trainer, loss)
+        return real_check_step(trainer, *args)
 
     def savez(file, **arrays):  # 1, 2: best.npz and last.npz at step 4; 3: last.npz at step 5
         calls.append(1)

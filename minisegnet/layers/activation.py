@@ -20,6 +20,26 @@ def _check_float_array(layer: str, x, name: str = "input"):
     return x
 
 
+_ZERO_ROW = 32768  # values in the row of zeros (128 KiB in float32: it stays in cache)
+
+
+def _maximum_with_zero(x, out):
+    """``maximum(x, 0)`` into ``out`` (``x`` itself or a new array of its shape).
+
+    On NumPy, for contiguous arrays, the flat array is cut into rows of ``_ZERO_ROW``
+    values (plus a shorter tail) and compared with one row of zeros broadcast down them.
+    """
+    xp = get_array_module(x)
+    if xp is not np or x.size == 0 or not (x.flags.c_contiguous and out.flags.c_contiguous):
+        return xp.maximum(x, x.dtype.type(0), out=out)
+    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+    zeros = xp.zeros(min(_ZERO_ROW, x.size), dtype=x.dtype)
+    whole = x.size - x.size % zeros.size  # values in complete rows
+    xp.maximum(flat_x[:whole].reshape(-1, zeros.size), zeros, out=flat_out[:whole].reshape(-1, zeros.size))
+    xp.maximum(flat_x[whole:], zeros[:x.size - whole], out=flat_out[whole:])
+    return out
+
+
 class ReLU(Module):
     r"""``y = max(x, 0)`` element-wise, any shape.
 
@@ -42,6 +62,14 @@ class ReLU(Module):
     Same in training and eval mode.  ``inplace=True`` (PyTorch's flag) writes the result
     into ``x`` itself to save one full-size buffer; use it only when nothing else needs
     ``x`` afterwards.
+
+    Cost: two passes forward (the mask, then the maximum), one selection backward.  On
+    NumPy the maximum is taken against a *row* of zeros broadcast down a 2-D view of the
+    array (:func:`_maximum_with_zero`), not against the scalar 0: NumPy's ``maximum`` has
+    a vectorised loop for two contiguous operands but a slower one for an array and a
+    scalar, and one row of zeros is small enough to stay in cache.  The values are those
+    of ``maximum(x, 0)`` all the same (NaN stays NaN).  On CuPy the scalar form is already
+    one fused kernel and is kept.
     """
 
     def __init__(self, inplace: bool = False):
@@ -63,7 +91,7 @@ class ReLU(Module):
                 mask = xp.empty(x.shape, dtype=bool)
             xp.greater(x, zero, out=mask)
             self._mask = mask
-        return xp.maximum(x, zero, out=x) if self.inplace else xp.maximum(x, zero)
+        return _maximum_with_zero(x, out=x if self.inplace else xp.empty(x.shape, dtype=x.dtype))
 
     def backward(self, dy):
         mask = require_cache(_LAYER, self._mask)

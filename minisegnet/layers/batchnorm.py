@@ -27,6 +27,19 @@ def _per_channel(v):
     return v.reshape(1, -1, 1, 1)
 
 
+def _channel_dot(a, b):
+    """``sum over n, h, w of a * b``, per channel: ``(C,)``, without an ``a * b`` temporary.
+
+    Each (image, channel) row of the ``(N, C, H*W)`` views is one dot product: a batch of
+    ``(1, H*W) @ (H*W, 1)`` matrix products, which BLAS (cuBLAS on CuPy) runs in one read
+    of ``a`` and ``b``.  The ``N`` partial sums per channel are then added.
+    """
+    xp = get_array_module(a)
+    n, c = a.shape[:2]
+    rows_a, rows_b = a.reshape(n, c, 1, -1), b.reshape(n, c, -1, 1)
+    return xp.matmul(rows_a, rows_b).reshape(n, c).sum(axis=0)
+
+
 class BatchNorm2d(Module):
     r"""Per-channel batch normalisation of an NCHW map, with a hand-written backward.
 
@@ -87,22 +100,45 @@ class BatchNorm2d(Module):
     ``xhat``: shifting or scaling a channel's input cannot change its normalised output.
 
     Caches (stored by a forward outside ``minisegnet.no_grad()``; a forward inside it
-    leaves the stored ones untouched): ``self._xhat`` the
-    normalised input, ``self._inv_std`` the per-channel ``1/sigma`` that was used, and
-    ``self._used_batch_stats`` which of the two backward formulas applies (the mode of the
-    *forward*, whatever the mode is when backward runs).
+    leaves the stored ones untouched): ``self._centred`` the centred input ``x - mu``,
+    ``self._inv_std`` the per-channel ``1/sigma`` that was used (so ``xhat = centred *
+    inv_std``, never stored as a map of its own), and ``self._used_batch_stats`` which of
+    the two backward formulas applies (the mode of the *forward*, whatever the mode is
+    when backward runs).
 
-    Cost: the mean is one pass over ``x``; the centred map ``x - mu`` is the one other
-    full-size buffer, its per-channel sum of squares comes from ``einsum`` (no squared
-    temporary), and it is then normalised in place into ``xhat``.  The ``xhat`` buffer
-    is the layer's own and is reused by the next forward of the same shape, so a
-    training forward allocates only ``y`` (under ``no_grad`` the centred buffer is new and
-    becomes ``y`` itself) and a backward allocates only ``dx``.  (Two passes, not the one-pass ``E[x^2] - E[x]^2``,
-    which cancels catastrophically in float32.)  Arithmetic follows the
-    layer's dtype: an input of another dtype is refused with a clear error, as
-    :class:`~minisegnet.layers.Conv2d` refuses it (convert the layer with ``.double()`` /
-    ``.float()``, or the input), so a float64 gradient check cannot silently run through
-    float32 statistics.
+    Cost.  The layer is a handful of passes over a large map, so the code counts them:
+
+    * Per-channel sums of products (``sum (x - mu)^2``, ``sum dy * centred``) are a batch
+      of BLAS dot products, one per (image, channel) row of the ``(N, C, H*W)`` view
+      (:func:`_channel_dot`): one read of each operand and no product temporary, where
+      ``einsum`` runs a slower generic loop.  The plain sums (``mu``, ``dbeta``) stay
+      NumPy's ``sum``, whose pairwise summation keeps the mean accurate to float32
+      rounding even on a channel whose mean is large against its spread.
+    * ``xhat`` is never materialised: the forward writes the centred map once (into the
+      layer's own buffer) and produces ``y = centred * (gamma/sigma) + beta`` from it;
+      the backward folds ``1/sigma`` into its per-channel factors.  Scaling the cache
+      into ``xhat`` in place would be one more pass forward, for nothing.
+    * The centred buffer is reused by the next forward of the same shape (one large
+      allocation, and its page faults, less per step), so a training forward allocates
+      only ``y`` and a backward only ``dx``; under ``no_grad`` the centred map is new and
+      becomes ``y`` itself.
+    * Two passes for the variance, not the one-pass ``E[x^2] - E[x]^2``, which cancels
+      catastrophically in float32 when ``|mu|`` is large against ``sigma``; the centred
+      map costs one pass but is needed for the cache anyway.
+    * Eval mode computes ``y = x * (gamma/sigma) + (beta - mu * gamma/sigma)``: two
+      passes over ``x``, no centred map unless a backward needs it.  (Its rounding error
+      is ``eps * |x|``, the size of the error ``x`` already carries from the layer that
+      computed it.)
+    * The running statistics and ``num_batches_tracked`` stay where the parameters are:
+      with ``momentum=None`` the factor ``1 / num_batches_tracked`` is a 0-d array on the
+      device, never a Python float, because reading a device value back to the host
+      (``float(tracked)``) stalls the GPU until all queued work is done.  The counter is
+      still the int64 buffer PyTorch has, saved and loaded as before.
+
+    Arithmetic follows the layer's dtype: an input of another dtype is refused with a
+    clear error, as :class:`~minisegnet.layers.Conv2d` refuses it (convert the layer with
+    ``.double()`` / ``.float()``, or the input), so a float64 gradient check cannot
+    silently run through float32 statistics.
 
     Train / eval.  ``train()``: batch statistics, running statistics updated.  ``eval()``:
     the running statistics, nothing updated; the layer is then the per-channel affine map
@@ -131,7 +167,7 @@ class BatchNorm2d(Module):
         self.register_buffer("running_mean", np.zeros(self.num_features, dtype=np.float32))
         self.register_buffer("running_var", np.ones(self.num_features, dtype=np.float32))
         self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
-        self._xhat = None
+        self._centred = None
         self._inv_std = None
         self._used_batch_stats = None
 
@@ -156,51 +192,59 @@ class BatchNorm2d(Module):
                     f"(N*H*W > 1), got input of shape {tuple(x.shape)}"
                 )
             mean = x.mean(axis=(0, 2, 3))  # (C,), in x's dtype
-            centred = xp.subtract(x, _per_channel(mean), out=self._buffer_for(x, keep))  # becomes xhat (or y)
-            var = xp.einsum("nchw,nchw->c", centred, centred) / m  # biased; no squared temporary
+            centred = xp.subtract(x, _per_channel(mean), out=self._buffer_for(x, keep))  # the cache (or y)
+            var = _channel_dot(centred, centred) / m  # biased; no squared temporary
             self._update_running_stats(mean, var, m)
-        else:
+            inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,)
+            scale = gamma * inv_std  # gamma / sigma
+            # y = gamma * xhat + beta = centred * (gamma / sigma) + beta
+            y = xp.multiply(centred, _per_channel(scale), out=None if keep else centred)
+            y += _per_channel(beta)
+        else:  # the running statistics: a fixed affine map per channel
             mean = self.running_mean.astype(dtype, copy=False)
-            var = self.running_var.astype(dtype, copy=False)
-            centred = xp.subtract(x, _per_channel(mean), out=self._buffer_for(x, keep))
-        inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,)
+            inv_std = 1.0 / xp.sqrt(self.running_var.astype(dtype, copy=False) + self.eps)
+            scale = gamma * inv_std
+            y = x * _per_channel(scale)  # y = x * gamma/sigma + (beta - mu * gamma/sigma)
+            y += _per_channel(beta - mean * scale)
+            if keep:  # only a backward needs the centred map
+                centred = xp.subtract(x, _per_channel(mean), out=self._buffer_for(x, keep))
 
         if keep:
-            xhat = centred
-            xhat *= _per_channel(inv_std)
-            y = xhat * _per_channel(gamma)
-            y += _per_channel(beta)
-            self._xhat, self._inv_std, self._used_batch_stats = xhat, inv_std, bool(self.training)
-        else:  # no cache: turn the centred buffer into y in place
-            y = centred
-            y *= _per_channel(gamma * inv_std)
-            y += _per_channel(beta)  # the caches of an earlier forward stay as they were
-        return y
+            self._centred, self._inv_std, self._used_batch_stats = centred, inv_std, bool(self.training)
+        return y  # without keep, the caches of an earlier forward stay as they were
 
     def _buffer_for(self, x, keep: bool):
-        """The full-size buffer that becomes ``xhat``: last step's when it fits, else a new one.
+        """The full-size buffer that becomes ``centred``: last step's when it fits, else a new one.
 
-        ``self._xhat`` never leaves the layer, so the next forward may overwrite it (one
+        ``self._centred`` never leaves the layer, so the next forward may overwrite it (one
         large allocation, and its page faults, less per step).  Under ``no_grad`` the
-        buffer becomes the returned ``y`` and the stored ``xhat`` must survive, so it is
+        buffer becomes the returned ``y`` and the stored cache must survive, so it is
         always new.
         """
         xp = get_array_module(x)
         if not keep:
             return xp.empty(x.shape, dtype=x.dtype)
-        old = self._xhat
-        self._xhat = None
+        old = self._centred
+        self._centred = None
         if old is not None and old.shape == x.shape and old.dtype == x.dtype \
                 and get_array_module(old) is xp:
             return old
         return xp.empty(x.shape, dtype=x.dtype)
 
     def _update_running_stats(self, mean, var, m: int) -> None:
-        """Move the running estimates towards this batch (in place on the buffers)."""
+        """Move the running estimates towards this batch (in place on the buffers).
+
+        Nothing is read back to the host: with ``momentum=None`` the factor
+        ``1 / num_batches_tracked`` is computed where the counter lives (a 0-d array on
+        CuPy), and ``running *= 1 - momentum`` takes it as it takes a Python float.
+        """
         # Local names on purpose: ``self.running_mean *= ...`` would re-assign the attribute.
         running_mean, running_var, tracked = self.running_mean, self.running_var, self.num_batches_tracked
         tracked += 1
-        momentum = 1.0 / float(tracked) if self.momentum is None else self.momentum
+        if self.momentum is None:  # cumulative average
+            momentum = 1.0 / tracked.astype(running_mean.dtype)
+        else:
+            momentum = self.momentum
         unbiased_var = var * (m / (m - 1))
         running_mean *= 1.0 - momentum
         running_mean += momentum * mean.astype(running_mean.dtype, copy=False)
@@ -209,26 +253,27 @@ class BatchNorm2d(Module):
 
     # -- backward ---------------------------------------------------------------------
     def backward(self, dy):
-        xhat = require_cache(_LAYER, self._xhat)
-        check_grad_shape(_LAYER, dy, xhat.shape)
-        xp = get_array_module(dy)
-        dtype = xhat.dtype
+        centred = require_cache(_LAYER, self._centred)
+        check_grad_shape(_LAYER, dy, centred.shape)
+        inv_std = self._inv_std
+        dtype = centred.dtype
         gamma = self.weight.data.astype(dtype, copy=False)
-        scale = gamma * self._inv_std  # gamma / sigma, per channel
+        scale = gamma * inv_std  # gamma / sigma, per channel
         if not self._used_batch_stats:  # eval-mode forward: an affine map per channel
             if self.weight.requires_grad:
-                self.weight.accumulate_grad(xp.einsum("nchw,nchw->c", dy, xhat))
+                self.weight.accumulate_grad(_channel_dot(dy, centred) * inv_std)  # sum dy * xhat
             if self.bias.requires_grad:
                 self.bias.accumulate_grad(dy.sum(axis=(0, 2, 3)))
             return dy * _per_channel(scale)
 
         dbeta = dy.sum(axis=(0, 2, 3))  # needed by dx even when the parameters are frozen
-        dgamma = xp.einsum("nchw,nchw->c", dy, xhat)
-        n, _, h, w = xhat.shape
+        dgamma = _channel_dot(dy, centred) * inv_std  # sum dy * xhat, xhat = centred / sigma
+        n, _, h, w = centred.shape
         m = n * h * w
         # dx = (gamma/sigma) * (dy - dbeta/m - xhat * dgamma/m), one full-size buffer
-        dx = xhat * _per_channel(dgamma / m)
+        dx = centred * _per_channel(inv_std * dgamma / m)  # xhat * dgamma/m
         dx += _per_channel(dbeta / m)
+        xp = get_array_module(dy)
         xp.subtract(dy, dx, out=dx)
         dx *= _per_channel(scale)
         self.weight.accumulate_grad(dgamma)
