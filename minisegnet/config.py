@@ -13,6 +13,42 @@ constant lr) and SGD with poly decay, and batch size 2 beat 4.  The Caffe solver
 away: ``--optimizer sgd`` (lr 0.1 and weight decay 5e-4 come with it, see
 :data:`SOLVER_DEFAULTS`).  All defaults live in :class:`TrainConfig`.
 
+**Tempered class weights.**  ``class_weight_power`` P raises the median-frequency weights to
+a power: ``weight(c) = (median_freq / freq(c)) ** P``.  P = 1 is SegNet's balancing, P = 0 no
+balancing at all (the unweighted loss), and in between the ratio of any two weights is the
+P-th power of theirs (P = 0.5: the square root, so Bicyclist's 8.9 becomes 3.0 and Road's 0.15
+becomes 0.39).  Why: full balancing makes a pixel of a rare class count up to 60 times one of
+Road, which in a short run pulls large, easy regions (buildings, trees) towards rare classes
+faster than the run can correct; no balancing never predicts the rare classes at all.
+
+**Presets.**  :data:`PRESETS` are the article's recipes, for machines that can afford them
+(``minisegnet train --preset NAME``, :meth:`TrainConfig.from_preset`).  A preset sets
+defaults: every setting given explicitly replaces the preset's.  ``preset`` is recorded in the
+run's settings, like any other.
+
+=====================  =====================================================================  ========================
+preset                 settings                                                               published test scores
+=====================  =====================================================================  ========================
+``segnet-basic-paper`` SegNet-Basic at 360×480; SGD lr 0.1, momentum 0.9, weight decay 5e-4,  G 82.7, C 62.0, mIoU 47.7
+                       constant lr; batch 4; median-frequency weights; no flips; BatchNorm    (PAMI 2017, Table 1,
+                       statistics recomputed at the end                                       SegNet-Basic)
+``segnet-paper``       SegNet (VGG16 encoder; initialised from ImageNet VGG16 with            G 90.4, C 71.2, mIoU 60.1
+                       ``vgg16``, ``--vgg16 FILE``) at 360×480; SGD lr 0.01, momentum 0.9,    (PAMI 2017, Table 2,
+                       weight decay 5e-4, constant lr; batch 4; median-frequency weights; no  SegNet; unverified here)
+                       flips; BatchNorm statistics recomputed at the end
+=====================  =====================================================================  ========================
+
+Where each number comes from: SegNet-Tutorial's Caffe files (``Models/segnet_basic_solver.prototxt``,
+``segnet_basic_train.prototxt``, ``segnet_solver.prototxt``, ``segnet_train.prototxt``) give
+base_lr 0.1 (SegNet-Basic), momentum 0.9, weight_decay 0.0005, lr_policy "step" with gamma 1.0
+(a constant learning rate), batch_size 4 ("change this number to a batch size that will fit on
+your GPU"; the article used 12), the median-frequency ``class_weighting`` and no mirroring;
+max_iter is 10000 for SegNet-Basic (about 109 epochs of 4 images) and 40000 for SegNet.  The
+tutorial's SegNet solver has base_lr 0.001; the preset uses 0.01, the rate this project's issue
+asked for.  The tutorial computes the BatchNorm statistics after training
+(``compute_bn_statistics.py``).  A preset sets no length: give ``--epochs`` or ``--minutes``.
+The published scores are on CamVid's test split at 360×480 (``minisegnet evaluate --split test``).
+
 **Resuming.**  A resumed run is the run in its checkpoint, continued: the model, the data, the
 optimizer and the schedule are the checkpoint's, whatever the command line says, since anything
 else would not continue the same run.  Only the fields in
@@ -47,7 +83,8 @@ from .backend import resolve_device
 from .data import NUM_CLASSES, parse_size
 from .models import MODELS
 
-__all__ = ["TrainConfig", "SOLVER_DEFAULTS", "OPTIMIZERS", "SCHEDULES", "DATASETS", "LOSS_NORMALIZATIONS"]
+__all__ = ["TrainConfig", "SOLVER_DEFAULTS", "OPTIMIZERS", "SCHEDULES", "DATASETS", "LOSS_NORMALIZATIONS", "PRESETS",
+           "PRESET_TARGETS"]
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "step", "poly", "cosine")
@@ -59,6 +96,24 @@ LOSS_NORMALIZATIONS = ("valid", "weights")
 SOLVER_DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 5e-4}, "adam": {"lr": 1e-3, "weight_decay": 0.0}}
 
 _LENGTH = ("epochs", "minutes", "max_steps")
+
+# The article's recipes (see the module docstring for where each value comes from).  Only fields a
+# resume does not take, plus recompute_bn; no length, which is the user's to give.
+_CAFFE_SOLVER = dict(size=(360, 480), optimizer="sgd", momentum=0.9, weight_decay=5e-4, schedule="none", batch_size=4,
+                     class_weights=True, class_weight_power=1.0, loss_normalize="valid", flip=False, crop=None,
+                     recompute_bn=True)
+PRESETS = {
+    "segnet-basic-paper": dict(model="segnet-basic", lr=0.1, **_CAFFE_SOLVER),
+    "segnet-paper": dict(model="segnet", lr=0.01, **_CAFFE_SOLVER),
+}
+# The published CamVid test scores (11 classes, 360x480) each preset aims at, in percent.
+PRESET_TARGETS = {
+    "segnet-basic-paper": dict(global_accuracy=82.7, class_accuracy=62.0, mean_iou=47.7,
+                               source="Badrinarayanan et al., PAMI 2017, Table 1 (SegNet-Basic)"),
+    "segnet-paper": dict(global_accuracy=90.4, class_accuracy=71.2, mean_iou=60.1,
+                         source="Badrinarayanan et al., PAMI 2017, Table 2 (SegNet, CamVid 11 classes; "
+                                "unverified here)"),
+}
 
 
 @dataclass
@@ -82,8 +137,18 @@ class TrainConfig:
     Optimisation: ``optimizer`` sgd | adam with ``lr``, ``momentum`` (SGD), ``weight_decay``;
     ``schedule`` none | step (lr × ``lr_gamma`` every ``lr_step_epochs``) | poly (power
     ``poly_power``) | cosine, stepped every iteration; ``class_weights`` median-frequency
-    balancing; ``loss_normalize`` "valid" (divide by the number of labelled pixels, as SegNet's
+    balancing, tempered by ``class_weight_power`` (weights ** P: 1 as SegNet, 0 none, 0.5 the
+    square root); ``loss_normalize`` "valid" (divide by the number of labelled pixels, as SegNet's
     Caffe loss) or "weights" (by the sum of their class weights, as PyTorch's weighted loss).
+
+    Initialisation: ``vgg16`` a torchvision VGG16 ``.npz`` that SegNet's encoder starts from
+    (:func:`~minisegnet.checkpoint.load_vgg16_encoder`; a resumed run's weights come from its
+    checkpoint).  ``preset``: the name in :data:`PRESETS` the settings started from (a record;
+    see :meth:`from_preset`).
+
+    Scoring: ``eval_at_train_size`` scores the validation passes against labels resized to
+    ``size``; by default they are scored at the labels' own resolution (CamVid: 360×480), the
+    prediction laid over them by nearest neighbour (:mod:`minisegnet.evaluation`).
 
     Run: ``seed``, ``device`` cpu | cuda, ``out_dir``, ``eval_every`` (epochs),
     ``recompute_bn``, ``resume`` (a checkpoint path or run folder, or ``"auto"``:
@@ -127,7 +192,11 @@ class TrainConfig:
     lr_gamma: float = 0.1
     poly_power: float = 0.9
     class_weights: bool = True
+    class_weight_power: float = 1.0
     loss_normalize: str = "valid"
+    vgg16: str | None = None
+    preset: str | None = None
+    eval_at_train_size: bool = False
     seed: int = 0
     device: str = "cpu"
     out_dir: str = "runs/segnet-basic"
@@ -181,6 +250,17 @@ class TrainConfig:
         taken = {name: getattr(self, name) for name in self.RESUMABLE_OVERRIDES if name not in keep}
         return dataclasses.replace(stored, **taken)
 
+    @classmethod
+    def from_preset(cls, name: str, **settings) -> "TrainConfig":
+        """The settings of preset ``name`` (:data:`PRESETS`), with ``settings`` replacing any of them.
+
+        ``TrainConfig.from_preset("segnet-basic-paper", epochs=100, batch_size=12)``.  An unknown
+        name is a ``ValueError`` that lists the presets.  Not validated yet.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: expected one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], "preset": name, **settings})
+
     def validate(self) -> "TrainConfig":
         """Check every field; raise ``ValueError`` naming the field, what it expects and what came."""
 
@@ -216,6 +296,21 @@ class TrainConfig:
             raise ValueError(
                 f"unknown loss_normalize {self.loss_normalize!r}: expected one of {', '.join(LOSS_NORMALIZATIONS)}"
             )
+        power = self.class_weight_power
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 <= power < float("inf"):
+            raise ValueError(f"TrainConfig.class_weight_power: expected a number >= 0 (1: median-frequency weights, "
+                             f"0: none, 0.5: their square root), got {power!r}")
+        if not self.class_weights and power != 1.0:
+            raise ValueError(f"TrainConfig.class_weight_power {power:g} tempers class weights, but class_weights is "
+                             "off (--no-class-weights): drop one of the two")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}: expected one of {', '.join(PRESETS)}")
+        if self.vgg16 is not None:
+            if not isinstance(self.vgg16, str) or not self.vgg16:
+                raise ValueError(f"TrainConfig.vgg16: expected the path of a VGG16 .npz file, got {self.vgg16!r}")
+            if self.model not in ("segnet", "bayesian-segnet"):
+                raise ValueError(f"TrainConfig.vgg16: VGG16 weights initialise SegNet's encoder (model segnet or "
+                                 f"bayesian-segnet), not {self.model}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"TrainConfig.lr: expected a positive learning rate, got {self.lr!r}")
         if not (isinstance(self.width, (int, float)) and self.width > 0):

@@ -55,7 +55,7 @@ class Progress:
             f"{config.model} ({parameters:,} parameters) on {config.dataset} "
             f"{train_images} train / {val_images} val images at {config.size[0]}x{config.size[1]}, "
             f"{config.optimizer} lr {config.lr:g}, batch {config.batch_size}, "
-            f"class weights {'median frequency' if class_weights else 'off'}, {length}, "
+            f"class weights {_weights_in_words(config) if class_weights else 'off'}, {length}, "
             f"device {config.device}, out {out_dir}"
             + (f"; resumed from {resumed[0]} at epoch {resumed[1]} step {resumed[2]}" if resumed else "")
         )
@@ -66,6 +66,16 @@ class Progress:
         self.say(
             f"epoch {epoch:.2f} step {step}: loss {mean_loss or float('nan'):.4f}  "
             f"val G {scores['global_accuracy']:.4f} C {scores['class_accuracy']:.4f} "
-            f"mIoU {scores['mean_iou']:.4f}{'  (best)' if best else ''}"
+            f"mIoU {scores['mean_iou']:.4f}{_scored_at(scores)}{'  (best)' if best else ''}"
             f"{'  [BN recomputed]' if bn_recomputed else ''}  [{format_clock(elapsed)}]"
         )
+
+
+def _weights_in_words(config) -> str:
+    power = getattr(config, "class_weight_power", 1.0)
+    return "median frequency" if power == 1 else f"median frequency ** {power:g}"
+
+
+def _scored_at(scores: dict) -> str:
+    at = scores.get("scored_at")
+    return f" (at {at[0]}x{at[1]})" if at else ""

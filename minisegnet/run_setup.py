@@ -7,8 +7,13 @@ it needs and a mistake is reported before minutes of work:
    planned length; settings given with it that it would ignore are refused, see
    :meth:`~minisegnet.config.TrainConfig.resumed`), then the settings are validated;
 2. the output folder is probed, locked and checked for an earlier run (:mod:`minisegnet.run_folder`);
-3. the model is built and the memory of a training step estimated, before the data is decoded;
-4. the data, its loaders, the loss and the optimizer are made;
+3. the model is built (a fresh run's encoder from VGG16 when asked) and the memory of a training step
+   estimated, before the data is decoded;
+4. the data, its loaders, the loss and the optimizer are made: the class weights are the training
+   labels' median-frequency weights to the power ``class_weight_power`` (none at 0), and the validation
+   loader gives the labels at their own resolution (CamVid: 360×480) unless ``eval_at_train_size``, so
+   every validation pass -- the per-epoch ones that choose ``best.npz`` as well as the last -- is scored
+   as published scores are (:mod:`minisegnet.evaluation`);
 5. the position (epoch, batch, step) and the history are a fresh run's or the checkpoint's, and the
    learning-rate schedule and the time budget are positioned at that step;
 6. the log is restarted last, so a failed start leaves an old run alone.
@@ -28,9 +33,11 @@ import weakref
 import numpy as np
 
 from .budget import TimeBudget, check_training_memory
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_vgg16_encoder
 from .config import TrainConfig
-from .data import VOID_LABEL, BatchLoader, TrainTransform, compute_mean_std, median_frequency_weights
+from .data import (VOID_LABEL, BatchLoader, CamVid, TrainTransform, compute_mean_std, find_camvid,
+                   median_frequency_weights)
+from .evaluation import with_labels_at_own_size
 from .finite import DivergenceWatch
 from .layers import SoftmaxCrossEntropy
 from .models import build_model
@@ -39,7 +46,7 @@ from .run_data import load_datasets as _load_datasets
 from .run_folder import BEST, LAST, RunFolder, read_resume_state, resolve_resume
 from .schedule import make_scheduler, schedule_length
 
-__all__ = ["prepare_run", "derived_seed", "INIT_STREAM"]
+__all__ = ["prepare_run", "derived_seed", "INIT_STREAM", "tempered_class_weights", "validation_scoring_set"]
 
 INIT_STREAM = 0x696E6974  # "init": the initial weights' seed is derived from (seed, INIT_STREAM)
 
@@ -79,6 +86,8 @@ def prepare_run(trainer, config: TrainConfig, given: dict | None, load_datasets=
 
     # the model first (before minutes of decoding): its initial weights depend on the seed alone
     trainer.model = build_model(config.model, rng=derived_seed(config.seed, INIT_STREAM), **config.model_kwargs())
+    if config.vgg16 is not None and resumed is None:  # a resumed run's weights come from its checkpoint
+        load_vgg16_encoder(trainer.model, config.vgg16)
     trainer.memory = check_training_memory(trainer.model, config) if config.memory_check else None
     trainer.model.to(config.device)
 
@@ -88,13 +97,14 @@ def prepare_run(trainer, config: TrainConfig, given: dict | None, load_datasets=
         trainer.mean, trainer.std, trainer.class_weights = resumed.mean, resumed.std, resumed.class_weights
     else:
         trainer.mean, trainer.std = compute_mean_std(trainer.train_set)
-        trainer.class_weights = median_frequency_weights(trainer.train_set) if config.class_weights else None
+        trainer.class_weights = tempered_class_weights(trainer.train_set, config)
     trainer.train_loader = BatchLoader(
         trainer.train_set, config.batch_size, shuffle=True, seed=config.seed,
         transform=TrainTransform(size=None, flip=config.flip, crop=config.crop),
         mean=trainer.mean, std=trainer.std, drop_last=len(trainer.train_set) > config.batch_size,
     )
-    trainer.val_loader = BatchLoader(trainer.val_set, config.batch_size, mean=trainer.mean, std=trainer.std)
+    trainer.val_loader = BatchLoader(validation_scoring_set(trainer.val_set, config), config.batch_size,
+                                     mean=trainer.mean, std=trainer.std)
 
     # loss, optimizer
     trainer.criterion = SoftmaxCrossEntropy(weight=trainer.class_weights, ignore_index=VOID_LABEL,
@@ -149,3 +159,32 @@ def prepare_run(trainer, config: TrainConfig, given: dict | None, load_datasets=
     for note in notes:
         if note:
             trainer.progress.say(note)
+
+
+def tempered_class_weights(train_set, config: TrainConfig):
+    """The loss's class weights: median-frequency weights to the power ``config.class_weight_power``.
+
+    None (the unweighted loss) when ``class_weights`` is off or the power is 0: ``w ** 0`` would
+    be all ones, the same loss, but None says so and costs nothing.  A class absent from the
+    training labels has weight 0 and keeps it (``0 ** P = 0`` for P > 0).
+    """
+    if not config.class_weights or config.class_weight_power == 0:
+        return None
+    weights = median_frequency_weights(train_set)
+    return weights if config.class_weight_power == 1 else weights ** float(config.class_weight_power)
+
+
+def validation_scoring_set(val_set, config: TrainConfig):
+    """What the validation passes score on: ``val_set`` with CamVid's labels at their own resolution.
+
+    The images stay those of ``val_set`` (resized once to the training size); the labels are
+    read again from the CamVid folder, not resized (:func:`~minisegnet.evaluation.with_labels_at_own_size`).
+    ``val_set`` itself for synthetic scenes (drawn at the training size), with
+    ``eval_at_train_size``, and when the labels already have the training size.
+    """
+    if config.dataset != "camvid" or config.eval_at_train_size:
+        return val_set
+    root = config.data_dir if config.data_dir is not None else find_camvid()
+    if root is None:
+        raise FileNotFoundError("no CamVid folder given and none found: pass --data DIR")
+    return with_labels_at_own_size(val_set, CamVid(root, "val"))
