@@ -49,9 +49,9 @@ The last line can be computed two ways, and the layer has both:
   images.
 
 "flipped" multiplies matrices with O rows stacked, which is good when C >= O (every 64->64
-layer, the classifier); "scatter" multiplies with C rows stacked, good when C < O (the
-3->64 input layer, where "flipped" would run GEMMs with 3 output rows).  ``"auto"`` picks
-by that rule (timings of both forms: ``BENCHMARKS.md``).
+layer, the classifier); "scatter" multiplies with C rows stacked, better when C < O (the
+3->64 input layer, where "flipped" would run GEMMs with 3 output rows) -- though there the
+tiled im2col below beats both (timings: ``BENCHMARKS.md``).
 
 Stride > 1
 ----------
@@ -80,25 +80,89 @@ A GEMM with inner dimension C = 64 runs well below BLAS peak, so the horizontal 
 a kernel row are copied once, stacked, and serve every kernel row as a view: a 7×7 layer
 runs 7 GEMMs of inner dimension 7·C instead of 49 of inner dimension C.  The copy is capped
 by ``max_workspace_bytes`` (0: nothing is stacked); :mod:`~minisegnet.layers.conv_tiling`
-plans it, and :mod:`minisegnet.workspace` keeps the scratch arrays between calls.  On CuPy,
-``cupy.matmul`` copies a non-contiguous operand before calling cuBLAS, so there each
-shifted view becomes a transient contiguous copy of one slice: still no im2col matrix.
+plans it, and :mod:`minisegnet.workspace` keeps the scratch arrays between calls.  The
+columns are cut into blocks of at most ``max_block_columns`` (2048): each kernel row's
+product is added into the output once more, and a block that short keeps the product and
+the sum it goes into in the core's cache, so those k-1 additions cost little.
+
+Tiled im2col: contiguous GEMM operands, one deep GEMM
+-----------------------------------------------------
+The shifted views above are *not contiguous*: a view ``stacked[:, i·Wp : i·Wp + B]`` has
+rows ``span > B`` apart.  BLAS on the CPU takes such a matrix as it is (a leading
+dimension), but ``cupy.matmul`` first copies a non-contiguous operand (and computes a
+non-contiguous ``out`` into a temporary), so on CuPy every shifted GEMM would pay a
+transient copy of its slice.  ``"tiled-im2col"`` gives the GEMMs contiguous operands
+instead.  Cut the output positions into *tiles* -- whole images, or a run of output rows
+of one image -- and copy, for one tile, the window of every offset into one contiguous
+block (:func:`~minisegnet.layers.conv_tiling.gather_tile`)::
+
+    cols[(i, j, c), t] = x_pad[c, n, sh·r + i, sw·q + j]      for the tile's positions t = (n, r, q)
+    Y[:, tile] = W_mat @ cols,   W_mat[o, (i, j, c)] = W[o, c, i, j]      (O × kh·kw·C, one GEMM)
+
+which is the im2col matrix, one tile of it at a time: its memory is one tile's block
+(``max_workspace_bytes``, on the CPU also at most ``max_tile_columns`` = 4096 positions,
+so the block and the GEMM's output stay in cache), never the whole matrix.  Any stride:
+a tile of rows is one strided window per offset.  The backward per tile::
+
+    dL/dW_mat += dy_tile @ cols^T        computed as  cols @ dy_tile^T  (the faster orientation
+                                          for OpenBLAS: the long block is the left operand)
+    dcols      = W_mat^T @ dy_tile       (kh·kw·C × B), then col2im: dcols[i, j] is added back
+                                          into the window it was read from (the transpose of the gather)
+
+(``+=`` into a strided window is safe: within one offset no two positions read the same
+pixel.)  Every operand is C- or F-contiguous (a transpose is a cuBLAS flag, not a copy).
+On the CPU the deep GEMM (inner dimension kh·kw·C) wins where C is small: the 3-channel
+input layer's kw-stacked GEMMs have an inner dimension of 21 and its "flipped" dx runs
+GEMMs with 3 output rows, while its im2col block is only 147 rows deep.  On 64-channel
+layers the GEMMs run at the same speed either way, so the kh·kw-fold copy (against
+"flat"'s kw-fold one) and the col2im additions make it the slower choice there, even
+though it computes no garbage positions.
+
+Few output channels: stack the weights, not the inputs
+------------------------------------------------------
+With O small (the 64 -> 11 classifier) every GEMM above has only O rows, and a GEMM that
+short runs far below BLAS peak: its cost is reading the long operand, not the arithmetic.
+Read the sum the other way round: multiply *every* offset's weights at once, then shift
+the products instead of the input::
+
+    P = W_stack @ X,   W_stack = [W_00; W_01; ...; W_(kh-1)(kw-1)]      (kh·kw·O × C, one GEMM)
+    Y[:, t] = sum_ij P_ij[:, t + s_ij]                                (kh·kw shifted additions of O rows)
+
+(on the flat grid ``X[:, t + s_ij] = x_ij[:, t]``, so ``P_ij[:, t + s_ij] = W_ij x_ij[:, t]``:
+the same sum).  The GEMM has kh·kw·O rows (539 for 7×7, O = 11) and X is read once; the
+additions touch kh·kw·O·L values, cheap while O is small, which is why the rule below
+uses it only then.  Columns come in blocks (``max_workspace_bytes`` caps the products,
+kh·kw·O × (block + reach)); the backward is "flipped"'s.
 
 Algorithms: ``Conv2d(..., algorithm=...)``
 ------------------------------------------
 Each formulation above is a named entry of :data:`ALGORITHMS`:
 
-``"flat-flipped"``  stride 1: column slices of the flat padded grid; dx by the flipped kernel.
-``"flat-scatter"``  stride 1: the same forward; dx scattered back through the shifted slices.
-``"gathered"``      any stride: strided windows gathered into a buffer; dx scattered back.
+``"flat-flipped"``   stride 1: column slices of the flat padded grid; dx by the flipped kernel.
+``"flat-scatter"``   stride 1: the same forward; dx scattered back through the shifted slices.
+``"gathered"``       any stride: strided windows gathered into a buffer; dx scattered back.
+``"tiled-im2col"``   any stride: per tile of output rows, every offset in one contiguous block,
+                     one GEMM; dx by col2im.  Contiguous operands: the CuPy path.
+``"flat-stacked-weights"``  stride 1: all kh·kw·O weight rows in one GEMM, the products summed
+                     shifted (below); the backward of "flat-flipped".
 
-``"auto"`` (the default) takes ``"gathered"`` for stride > 1, else ``"flat-flipped"`` when
-C >= O and ``"flat-scatter"`` when C < O.  ``conv.algorithm`` is what was asked for,
-``conv.resolved_algorithm`` what runs; ``conv.algorithm`` can be changed at any time (a
-backward uses the algorithm of the forward it differentiates).  Another formulation (Winograd for 3×3
-kernels, im2col for tiny channel counts, contiguous operands for CuPy) is one more
-:class:`Algorithm` entry with its forward, its backward and the layers it can serve, and
-a line in :meth:`Conv2d._choose_algorithm` if "auto" should pick it.
+``"auto"`` (the default) decides from the weight's array module and the layer's shape:
+
+* not NumPy (CuPy): ``"tiled-im2col"``, for its contiguous operands;
+* NumPy, stride > 1: ``"gathered"``;
+* NumPy, stride 1, C < O: ``"tiled-im2col"`` (the kw-stacked GEMMs would be only kw·C deep);
+* NumPy, stride 1, C >= O, O < 32 and a kernel larger than 1×1: ``"flat-stacked-weights"``
+  (GEMMs with O < 32 rows run far below BLAS peak; kh·kw·O rows do not; for 1×1 both are
+  the same GEMM);
+* NumPy, stride 1, otherwise: ``"flat-flipped"`` (its GEMMs stack O rows; the C-row stacking
+  of "scatter" and the col2im of "tiled-im2col" add more memory traffic).
+
+Measured comparisons behind the rule: ``BENCHMARKS.md``.  ``conv.algorithm`` is what was
+asked for, ``conv.resolved_algorithm`` what runs; ``conv.algorithm`` can be changed at any
+time (a backward uses the algorithm of the forward it differentiates).  Another
+formulation (Winograd for 3×3 kernels, FFT for 7×7) is one more :class:`Algorithm` entry
+with its forward, its backward and the layers it can serve, and a line in
+:meth:`Conv2d._choose_algorithm` if "auto" should pick it.
 
 What is kept for the backward
 -----------------------------
@@ -121,7 +185,8 @@ from ..grad_mode import is_grad_enabled
 from ..module import Module, Parameter
 from ..validation import check_feature_map, check_grad_shape, check_matches_parameters, require_cache
 from ..workspace import WORKSPACE, clear_workspace
-from .conv_tiling import flat_windows, gathered_windows, row_weights
+from .conv_tiling import (flat_windows, gather_tile, gathered_windows, image_ranges, output_tiles, plan_output_tiles,
+                          row_weights, scatter_tile)
 
 __all__ = ["Conv2d", "Algorithm", "ALGORITHMS", "clear_workspace"]
 
@@ -185,7 +250,8 @@ class Conv2d(Module):
         state, so ``np.random.seed`` makes it reproducible.
     ``algorithm``
         ``"auto"`` or a name in :data:`ALGORITHMS` (``"flat-flipped"``, ``"flat-scatter"``,
-        ``"gathered"``): which formulation computes forward and backward.  All give the
+        ``"gathered"``, ``"tiled-im2col"``, ``"flat-stacked-weights"``): which formulation computes
+        forward and backward; "auto" chooses by the rule of the module docstring.  All give the
         same numbers up to rounding.  Readable and settable as ``conv.algorithm``;
         ``conv.resolved_algorithm`` is the name that runs.
     ``needs_input_grad``
@@ -204,8 +270,15 @@ class Conv2d(Module):
     #: offset.  Set it on the class (every layer) or on one layer (``del`` goes back).
     max_workspace_bytes: int = 64 * 2**20
     #: The shortest block of output columns the budget may cut the GEMMs into before
-    #: fewer offsets are stacked instead (shorter blocks mean shorter, slower GEMMs).
-    min_block_columns: int = 16384
+    #: fewer offsets are stacked instead (very short blocks mean short, slow GEMMs).
+    min_block_columns: int = 1024
+    #: The longest block of output columns (stride-1 algorithms): one block's products
+    #: stay in cache (:mod:`~minisegnet.layers.conv_tiling`).  None: as long as the budget allows.
+    max_block_columns: int | None = 2048
+    #: The most output positions (columns) per tile of "tiled-im2col" on the CPU
+    #: (:func:`~minisegnet.layers.conv_tiling.plan_output_tiles`; reasons: module docstring).
+    #: None, and on a GPU: as many as ``max_workspace_bytes`` allows.
+    max_tile_columns: int | None = 4096
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
                  *, rng=None, algorithm: str = "auto", needs_input_grad: bool = True):
@@ -285,10 +358,15 @@ class Conv2d(Module):
         return self._choose_algorithm() if self._algorithm == "auto" else self._algorithm
 
     def _choose_algorithm(self) -> str:
-        """What "auto" means: the rule of the module docstring."""
+        """What "auto" means: the rule of the module docstring (on the weight's array module)."""
+        if get_array_module(self.weight.data) is not np:  # CuPy: contiguous GEMM operands
+            return "tiled-im2col"
         if self.stride != (1, 1):
             return "gathered"
-        return "flat-flipped" if self.in_channels >= self.out_channels else "flat-scatter"
+        if self.in_channels < self.out_channels:
+            return "tiled-im2col"
+        kh, kw = self.kernel_size
+        return "flat-stacked-weights" if self.out_channels < 32 and kh * kw > 1 else "flat-flipped"
 
     # -- forward ------------------------------------------------------------------
     def _check_input(self, x):
@@ -366,11 +444,13 @@ class Conv2d(Module):
         o = self.out_channels
         if flat:  # Y = sum_ij W_ij @ X[:, s_ij : s_ij + L] on the flat padded grid
             grid = n * hp * wp
-            length = (n - 1) * hp * wp + (ho - 1) * wp + wo  # up to the last valid output; never reads past X
+            # each image up to its last valid output (the rows below are garbage); never reads past X
+            ranges = image_ranges(n, hp * wp, 0, (ho - 1) * wp + wo)
             y_grid = WORKSPACE.take(padded, "conv.y_grid", (o, grid))
-            out = y_grid[:, :length]
-            windows = flat_windows(padded.reshape(c, grid), self.kernel_size, wp, length,
-                                   self.max_workspace_bytes, self.min_block_columns)
+            out = y_grid
+            windows = flat_windows(padded.reshape(c, grid), self.kernel_size, wp, ranges,
+                                   self.max_workspace_bytes, self.min_block_columns,
+                                   max_block=self.max_block_columns)
             y_cnhw = y_grid.reshape(o, n, hp, wp)[:, :, :ho, :wo]  # the valid positions
         else:  # the same sum over gathered windows, M = N·Ho·Wo columns
             out = WORKSPACE.take(padded, "conv.y_grid", (o, n * ho * wo))
@@ -388,6 +468,35 @@ class Conv2d(Module):
                 xp.matmul(w_rows[j0][i], cols, out=product)
                 target += product
         return y_cnhw
+
+    def _forward_stacked_weights(self, xp, padded, ho: int, wo: int):
+        """Stride 1: ``P = W_stack @ X`` (all kh·kw·O products in one GEMM), then ``Y = sum_ij P_ij`` shifted.
+
+        Returns the output channel-major (O, N, Ho, Wo), a view of scratch, without the bias.
+        """
+        c, n, hp, wp = padded.shape
+        o, (kh, kw) = self.out_channels, self.kernel_size
+        grid = n * hp * wp
+        ranges = image_ranges(n, hp * wp, 0, (ho - 1) * wp + wo)  # as in the forward above
+        length = ranges[0][1] - ranges[0][0]
+        reach = (kh - 1) * wp + (kw - 1)  # the last offset reads this many columns further (never past X)
+        w_stack = xp.ascontiguousarray(self.weight.data.transpose(2, 3, 0, 1)).reshape(kh * kw * o, c)
+        x_flat = padded.reshape(c, grid)
+        y_grid = WORKSPACE.take(padded, "conv.y_grid", (o, grid))
+        room = self.max_workspace_bytes // (kh * kw * o * padded.dtype.itemsize) - reach
+        block = max(1, min(length, max(self.min_block_columns, room)))
+        for start, stop in ((start, min(last, start + block)) for first, last in ranges
+                            for start in range(first, last, block)):
+            span = stop - start + reach
+            products = WORKSPACE.take(padded, "conv.products", (kh, kw, o, span))
+            xp.matmul(w_stack, x_flat[:, start : start + span], out=products.reshape(kh * kw * o, span))
+            target = y_grid[:, start:stop]
+            target[...] = products[0, 0, :, : stop - start]
+            for i in range(kh):
+                for j in range(kw):
+                    if i or j:  # y[:, t] += (W_ij @ X)[:, t + s_ij]
+                        target += products[i, j, :, i * wp + j : i * wp + j + stop - start]
+        return y_grid.reshape(o, n, hp, wp)[:, :, :ho, :wo]
 
     # -- backward -----------------------------------------------------------------
     def backward(self, dy):
@@ -424,18 +533,22 @@ class Conv2d(Module):
         dy_grid = WORKSPACE.take(padded, "conv.dy_grid", (o, lead + grid))
         dy_grid[...] = 0  # zero at the cropped positions and in the lead
         dy_grid[:, lead:].reshape(o, n, hp, wp)[:, :, :ho, :wo] = dy.transpose(1, 0, 2, 3)
-        # dx is needed up to the last real input pixel; after it the padded input is all padding
-        length = (n - 1) * hp * wp + (ph + self._input_shape[2] - 1) * wp + pw + self._input_shape[3]
+        # dx (and the dW sum) is needed in each image from its first row of real pixels to its last
+        # real pixel: the rest is padding, cropped from dx and zero in x
+        h, w = self._input_shape[2], self._input_shape[3]
+        ranges = image_ranges(n, hp * wp, ph * wp, (ph + h - 1) * wp + pw + w)
         if need_dx:
             dx_grid = WORKSPACE.take(padded, "conv.dx_grid", (c, grid))
-            out = dx_grid[:, :length]
+            out = dx_grid
             flipped = self.weight.data.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]  # (C, O, kh, kw)
         if need_dw:
-            x_cols = padded.reshape(c, grid)[:, :length]
+            x_cols = padded.reshape(c, grid)
             dw_flipped = xp.empty((kh, kw, o, c), dtype=padded.dtype)
         w_rows = {}
-        for start, stop, i, j0, gg, dy_cols in flat_windows(dy_grid, self.kernel_size, wp, length,
-                                                             self.max_workspace_bytes, self.min_block_columns):
+        dw_started = set()  # the (i, j0) blocks of dW written once already: later blocks add
+        windows = flat_windows(dy_grid, self.kernel_size, wp, ranges, self.max_workspace_bytes, self.min_block_columns,
+                               max_block=self.max_block_columns)
+        for start, stop, i, j0, gg, dy_cols in windows:
             if need_dx:  # the forward's sum, run on dy with the flipped kernel
                 if j0 not in w_rows:
                     w_rows[j0] = row_weights(xp, flipped, j0, gg)
@@ -448,7 +561,8 @@ class Conv2d(Module):
                     target += product
             if need_dw:  # dW at the flipped offset (kh-1-i, kw-1-j) from the same slices of dy, summed over blocks
                 dw_block = dw_flipped[i, j0 : j0 + gg].reshape(gg * o, c)
-                if start == 0:
+                if (i, j0) not in dw_started:
+                    dw_started.add((i, j0))
                     xp.matmul(dy_cols, x_cols[:, start:stop].T, out=dw_block)
                 else:
                     dw_block += xp.matmul(dy_cols, x_cols[:, start:stop].T)
@@ -469,13 +583,14 @@ class Conv2d(Module):
             dx_pad[...] = 0
         if flat:  # dy on the padded grid, zero at the cropped positions
             grid = n * hp * wp
-            length = (n - 1) * hp * wp + (ho - 1) * wp + wo
             dy_grid = WORKSPACE.take(padded, "conv.dy_grid", (o, grid))
             dy_grid[...] = 0
             dy_grid.reshape(o, n, hp, wp)[:, :, :ho, :wo] = dy.transpose(1, 0, 2, 3)
-            dy_cols = dy_grid[:, :length]
-            windows = flat_windows(padded.reshape(c, grid), self.kernel_size, wp, length,
-                                   self.max_workspace_bytes, self.min_block_columns, copy=need_dw)
+            dy_cols = dy_grid
+            ranges = image_ranges(n, hp * wp, 0, (ho - 1) * wp + wo)  # as in the forward
+            windows = flat_windows(padded.reshape(c, grid), self.kernel_size, wp, ranges,
+                                   self.max_workspace_bytes, self.min_block_columns, copy=need_dw,
+                                   max_block=self.max_block_columns)
             if need_dx:
                 dx_flat = dx_pad.reshape(c, grid)
         else:
@@ -508,6 +623,91 @@ class Conv2d(Module):
                     window += d_window.reshape(c, n, ho, wo)
         return (dx_pad if need_dx else None), (dw.transpose(1, 3, 0, 2) if need_dw else None)
 
+    # -- tiled im2col: contiguous operands, one deep GEMM per tile ------------------------
+    def _im2col_weights(self, xp):
+        """``(O, kh·kw·C)``: ``[o, (i·kw + j)·C + c] = weight[o, c, i, j]``, the rows of :func:`gather_tile`."""
+        o, c, kh, kw = self.weight.data.shape
+        return xp.ascontiguousarray(self.weight.data.transpose(0, 2, 3, 1)).reshape(o, kh * kw * c)
+
+    def _tiles(self, padded, ho: int, wo: int):
+        """``(tile, start, stop)``: the output tiles and their columns in the flat (·, N·Ho·Wo) output."""
+        c, n = padded.shape[:2]
+        kh, kw = self.kernel_size
+        column_bytes = kh * kw * c * padded.dtype.itemsize
+        budget = self.max_workspace_bytes
+        if get_array_module(padded) is np and self.max_tile_columns is not None:  # a CPU core's cache
+            budget = min(budget, self.max_tile_columns * column_bytes)
+        images, rows = plan_output_tiles(n, ho, wo, column_bytes, budget)
+        for tile in output_tiles(n, ho, images, rows):
+            n0, n1, r0, r1 = tile
+            yield tile, (n0 * ho + r0) * wo, ((n1 - 1) * ho + r1) * wo
+
+    def _forward_tiled(self, xp, padded, ho: int, wo: int):
+        """``Y[:, tile] = W_mat @ im2col(tile)``: every offset of a tile stacked, one GEMM per tile.
+
+        Returns the output channel-major (O, N, Ho, Wo), a view of scratch, without the bias.
+        """
+        c, n = padded.shape[:2]
+        o, (kh, kw) = self.out_channels, self.kernel_size
+        w_mat = self._im2col_weights(xp)
+        y_flat = WORKSPACE.take(padded, "conv.y_grid", (o, n * ho * wo))
+        for tile, start, stop in self._tiles(padded, ho, wo):
+            n0, n1, r0, r1 = tile
+            cols = WORKSPACE.take(padded, "conv.im2col", (kh, kw, c, n1 - n0, r1 - r0, wo))
+            gather_tile(padded, self.kernel_size, self.stride, tile, wo, cols)
+            _matmul_into(xp, w_mat, cols.reshape(kh * kw * c, stop - start), y_flat[:, start:stop])
+        return y_flat.reshape(o, n, ho, wo)
+
+    def _backward_tiled(self, xp, dy, padded, need_dx: bool, need_dw: bool):
+        """Per tile: ``dW_mat += dy_tile @ im2col(tile)^T``; ``W_mat^T @ dy_tile`` scattered back (col2im).
+
+        Returns dx on the padded grid (C, N, Hp, Wp) (or None) and dW (O, C, kh, kw) (or None).
+        """
+        c, n, hp, wp = padded.shape
+        o, (kh, kw) = self.out_channels, self.kernel_size
+        ho, wo = dy.shape[2], dy.shape[3]
+        depth = kh * kw * c
+        if need_dx:
+            w_mat = self._im2col_weights(xp)
+            dx_pad = WORKSPACE.take(padded, "conv.dx_grid", padded.shape)
+            dx_pad[...] = 0
+        if need_dw:  # dW_mat^T = im2col(tile) @ dy_tile^T: the long block as the left operand is the faster GEMM
+            dw_mat_t = xp.empty((depth, o), dtype=padded.dtype)
+        for tile, start, stop in self._tiles(padded, ho, wo):
+            n0, n1, r0, r1 = tile
+            dy_tile = WORKSPACE.take(padded, "conv.dy_grid", (o, n1 - n0, r1 - r0, wo))
+            dy_tile[...] = dy[n0:n1, :, r0:r1].transpose(1, 0, 2, 3)
+            dy_tile = dy_tile.reshape(o, stop - start)
+            # one block serves both: the im2col columns for dW, then (overwritten) their gradient for dx
+            cols = WORKSPACE.take(padded, "conv.im2col", (kh, kw, c, n1 - n0, r1 - r0, wo))
+            if need_dw:
+                gather_tile(padded, self.kernel_size, self.stride, tile, wo, cols)
+                if start == 0:
+                    xp.matmul(cols.reshape(depth, stop - start), dy_tile.T, out=dw_mat_t)
+                else:  # summed over the tiles
+                    dw_part = WORKSPACE.take(padded, "conv.product", (depth, o))
+                    xp.matmul(cols.reshape(depth, stop - start), dy_tile.T, out=dw_part)
+                    dw_mat_t += dw_part
+            if need_dx:
+                xp.matmul(w_mat.T, dy_tile, out=cols.reshape(depth, stop - start))
+                scatter_tile(cols, self.kernel_size, self.stride, tile, wo, dx_pad)
+        dw = dw_mat_t.reshape(kh, kw, c, o).transpose(3, 2, 0, 1) if need_dw else None
+        return (dx_pad if need_dx else None), dw
+
+
+def _matmul_into(xp, a, b, out):
+    """``out[...] = a @ b`` with a contiguous result for the GEMM itself where the array module needs one.
+
+    NumPy hands a row-strided ``out`` (unit stride along a row) to BLAS as it is; CuPy
+    would compute into a temporary and copy, so there the product goes to scratch first.
+    """
+    if xp is np or out.flags.c_contiguous:
+        return xp.matmul(a, b, out=out)
+    product = WORKSPACE.take(out, "conv.tile_product", out.shape)
+    xp.matmul(a, b, out=product)
+    out[...] = product
+    return out
+
 
 #: The formulations ``Conv2d(..., algorithm=name)`` can run, by name (module docstring).
 ALGORITHMS: dict[str, Algorithm] = {
@@ -520,5 +720,11 @@ ALGORITHMS: dict[str, Algorithm] = {
                   _needs_stride_one),
         Algorithm("gathered", "any stride: strided windows gathered into a buffer; dx scattered back",
                   partial(Conv2d._forward_shifted, flat=False), partial(Conv2d._backward_scatter, flat=False)),
+        Algorithm("tiled-im2col", "any stride: every offset of a tile of output rows copied into one contiguous "
+                  "block, one deep GEMM per tile; dx scattered back (col2im)",
+                  Conv2d._forward_tiled, Conv2d._backward_tiled),
+        Algorithm("flat-stacked-weights", "stride 1: all kh·kw·O weight rows in one GEMM, the products summed "
+                  "shifted (good when O is small); the backward of 'flat-flipped'",
+                  Conv2d._forward_stacked_weights, Conv2d._backward_flipped, _needs_stride_one),
     )
 }

@@ -19,36 +19,51 @@ views are multiplied directly).
 
 Blocks of columns (the budget)
 ------------------------------
-The buffer is capped by ``Conv2d.max_workspace_bytes``.  On a large map the output
-columns are cut into equal *blocks*, each computed from its own stacked copy (the block
-plus the ``halo = (kh-1)·Wp`` columns the lower kernel rows reach): the GEMMs keep their
-depth g·C and only get shorter, which costs little as long as a block is long
-(``Conv2d.min_block_columns``, 16 384 columns by default).  Only when a block that long
-would not fit does ``g`` shrink, in groups of equal size (room for 5 of 7 offsets gives
-4 + 3, not 5 + 2).  Measurements of the budget's effect are in ``BENCHMARKS.md``.
+The output columns are cut into equal *blocks*, each computed from its own stacked copy
+(the block plus the ``halo = (kh-1)·Wp`` columns the lower kernel rows reach): the GEMMs
+keep their depth g·C and only get shorter.  Shorter is also *faster*, up to a point: a
+block of about ``Conv2d.max_block_columns`` (2048) columns keeps one GEMM's output (O ×
+block) and the product it is added to in the core's L2 cache, so the k-1 additions of
+the kernel rows' products run from cache instead of main memory, and OpenBLAS's packed
+panels of the long operand are reused while still cached.  Longer blocks only save the
+halo's extra copying.  The buffer is capped by ``Conv2d.max_workspace_bytes``; when even
+a block of ``Conv2d.min_block_columns`` would not fit, ``g`` shrinks, in groups of equal
+size (room for 5 of 7 offsets gives 4 + 3, not 5 + 2).  Measurements: ``BENCHMARKS.md``.
 
 Both window generators yield ``(start, stop, i, j0, gg, cols)`` for kernel row ``i`` and
 the offsets ``j0 .. j0+gg-1``: ``cols`` (gg·rows, stop - start) holds the source under
 those offsets at the output positions ``start .. stop-1`` -- a block of the im2col matrix,
 never the whole matrix.  ``cols`` lives in the shared workspace (or is a view of the
 source) and is valid until the generator resumes.
+
+Tiles of output rows (the "tiled-im2col" algorithm)
+---------------------------------------------------
+The other way to feed the GEMMs: copy *all* kh·kw offsets, but only for a tile of output
+positions, into one contiguous (kh·kw·C) × B block -- a slice of the im2col matrix -- and
+multiply it once.  A tile is either whole images (when one image's Ho·Wo columns fit) or
+a run of output rows of one image, so that every offset's window over the tile is one
+strided view of the padded input and one copy (:func:`gather_tile`).  The tile holds as
+many columns as ``Conv2d.max_workspace_bytes`` allows (:func:`plan_output_tiles`), but
+at least one output row, so the budget can be exceeded by one row's block.
 """
 from __future__ import annotations
 
 from ..workspace import WORKSPACE
 
-__all__ = ["plan_tiling", "row_weights", "flat_windows", "gathered_windows"]
+__all__ = ["plan_tiling", "row_weights", "image_ranges", "flat_windows", "gathered_windows", "plan_output_tiles",
+           "output_tiles", "gather_tile", "scatter_tile"]
 
 
 def plan_tiling(kw: int, rows: int, length: int, halo: int, itemsize: int, max_bytes: int,
-                min_block: int) -> tuple[int, int]:
+                min_block: int, max_block: int | None = None) -> tuple[int, int]:
     """``(g, block)``: stack ``g`` horizontal offsets per GEMM, over blocks of ``block`` columns.
 
     ``rows`` channels of ``itemsize`` bytes per column, ``length`` output columns, each
     stacked copy ``halo`` columns longer than its block.  ``g = kw`` (the fewest, deepest
-    GEMMs) whenever a block of ``min_block`` columns fits ``max_bytes``, which is then met
-    by cutting the columns into equal blocks.  Otherwise ``g`` shrinks to what fits, in
-    groups of equal size.  ``g = 1`` copies nothing, so its one block is all the columns.
+    GEMMs) whenever a block of ``min_block`` columns fits ``max_bytes``; the columns are
+    then cut into equal blocks of at most ``max_block`` (None: no limit) that fit.
+    Otherwise ``g`` shrinks to what fits, in groups of equal size.  ``g = 1`` copies
+    nothing, so its one block is all the columns.
     """
     smallest = rows * itemsize * (min(min_block, length) + halo)  # bytes of one shifted copy
     fits = int(max(1, min(kw, max_bytes // max(smallest, 1))))
@@ -57,6 +72,8 @@ def plan_tiling(kw: int, rows: int, length: int, halo: int, itemsize: int, max_b
     if g == 1:
         return 1, length
     block = max(min(min_block, length), max_bytes // (g * rows * itemsize) - halo)
+    if max_block is not None:
+        block = min(block, max(max_block, 1))
     blocks = -(-length // block)
     return g, -(-length // blocks)
 
@@ -67,21 +84,32 @@ def row_weights(xp, weight, j0: int, g: int):
     return xp.ascontiguousarray(weight[:, :, :, j0 : j0 + g].transpose(2, 0, 3, 1)).reshape(kh, o, g * c)
 
 
-def flat_windows(src, kernel_size, row_stride: int, length: int, max_bytes: int, min_block: int,
-                 copy: bool = True):
-    """Stride 1: ``length`` columns of the flat padded grid ``src`` (rows, ·), as stacked shifted views.
+def image_ranges(images: int, image_columns: int, first: int, stop: int) -> list[tuple[int, int]]:
+    """``[(m·image_columns + first, m·image_columns + stop) for each image m]``: the columns worth computing.
 
-    Offset (i, j) starts ``i·row_stride + j`` columns later.  The columns come in blocks
-    so that the stacked copy fits ``max_bytes`` without making the GEMMs shallower.
-    ``copy=False`` yields the same tiling with ``cols = None`` (for a caller that only
-    needs the positions, such as a backward whose weight is frozen).
+    On the flat padded grid the positions between one image's last useful column and the
+    next image's first are garbage (the bottom rows of the padded grid, whose windows
+    run into the next image); skipping them saves ``(kh-1)/Hp`` of the arithmetic.
+    """
+    return [(m * image_columns + first, m * image_columns + stop) for m in range(images)]
+
+
+def flat_windows(src, kernel_size, row_stride: int, ranges, max_bytes: int, min_block: int,
+                 copy: bool = True, max_block: int | None = None):
+    """Stride 1: the columns ``ranges`` ((first, stop) pairs) of the flat padded grid ``src``, as stacked views.
+
+    Offset (i, j) starts ``i·row_stride + j`` columns later.  The columns of each range come
+    in blocks so that the stacked copy fits ``max_bytes`` without making the GEMMs
+    shallower.  ``copy=False`` yields the same tiling with ``cols = None`` (for a caller
+    that only needs the positions, such as a backward whose weight is frozen).
     """
     rows = src.shape[0]
     kh, kw = kernel_size
     halo = (kh - 1) * row_stride  # the lower kernel rows read this many columns further
-    g, block = plan_tiling(kw, rows, length, halo, src.dtype.itemsize, max_bytes, min_block)
-    for start in range(0, length, block):
-        stop = min(length, start + block)
+    longest = max(stop - first for first, stop in ranges)
+    g, block = plan_tiling(kw, rows, longest, halo, src.dtype.itemsize, max_bytes, min_block, max_block)
+    for start, stop in ((start, min(last, start + block)) for first, last in ranges
+                        for start in range(first, last, block)):
         span = stop - start + halo  # one horizontal shift of the block, long enough for every kernel row
         for j0 in range(0, kw, g):
             gg = min(g, kw - j0)
@@ -121,3 +149,63 @@ def gathered_windows(padded, kernel_size, stride, ho: int, wo: int, max_bytes: i
                 j = j0 + jj
                 cols[jj] = padded[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
             yield 0, length, i, j0, gg, cols.reshape(gg * c, length)
+
+
+def plan_output_tiles(n: int, ho: int, wo: int, column_bytes: int, max_bytes: int) -> tuple[int, int]:
+    """``(images, rows)`` per tile: whole images when one image fits ``max_bytes``, else rows of one image.
+
+    ``column_bytes`` is what one output position costs in the block (kh·kw·C·itemsize).
+    Returns ``(images, ho)`` (tiles of ``images`` whole images) or ``(1, rows)`` with
+    ``rows < ho`` (tiles of ``rows`` output rows); at least one row per tile.
+    """
+    columns = max(wo, max_bytes // max(column_bytes, 1))
+    if columns >= ho * wo:
+        images = min(n, columns // (ho * wo))
+        tiles = -(-n // images)  # equal tiles: 5 images at 2 per tile -> 2 + 2 + 1 would leave a short one
+        return -(-n // tiles), ho
+    rows = columns // wo
+    tiles = -(-ho // rows)
+    return 1, -(-ho // tiles)
+
+
+def output_tiles(n: int, ho: int, images: int, rows: int):
+    """``(n0, n1, r0, r1)``: the tiles of :func:`plan_output_tiles`, in memory order of the output."""
+    for n0 in range(0, n, images):
+        for r0 in range(0, ho, rows):
+            yield n0, min(n, n0 + images), r0, min(ho, r0 + rows)
+
+
+def _window(kernel_row: int, kernel_col: int, stride, tile, wo: int):
+    """Index of the input window under offset (i, j) for the output rows ``r0 .. r1-1`` of ``tile``."""
+    (sh, sw), (n0, n1, r0, r1) = stride, tile
+    i, j = kernel_row, kernel_col
+    return (slice(None), slice(n0, n1), slice(i + sh * r0, i + sh * (r1 - 1) + 1, sh),
+            slice(j, j + sw * (wo - 1) + 1, sw))
+
+
+def gather_tile(padded, kernel_size, stride, tile, wo: int, out):
+    """``out`` (kh, kw, C, images, rows, wo) <- the window of every offset over ``tile``: an im2col block.
+
+    ``padded`` is the zero-padded input, channel-major (C, N, Hp, Wp); ``out[i, j]`` is the
+    input shifted by (i, j) at the tile's output positions, so ``out.reshape(kh·kw·C, -1)``
+    are the im2col matrix's columns of the tile, rows in the order (i, j, c).
+    """
+    kh, kw = kernel_size
+    for i in range(kh):
+        for j in range(kw):
+            out[i, j] = padded[_window(i, j, stride, tile, wo)]
+    return out
+
+
+def scatter_tile(d_cols, kernel_size, stride, tile, wo: int, d_padded):
+    """The transpose of :func:`gather_tile`: add ``d_cols[i, j]`` back into the window it was read from.
+
+    ``+=`` on a strided window is safe: within one offset no two output positions read the
+    same input pixel; the offsets (and the tiles, whose windows overlap by the kernel's
+    reach) are added one after another.
+    """
+    kh, kw = kernel_size
+    for i in range(kh):
+        for j in range(kw):
+            d_padded[_window(i, j, stride, tile, wo)] += d_cols[i, j]
+    return d_padded
