@@ -172,8 +172,13 @@ def machine_paragraph(record: dict, settings: dict) -> str:
              f"interleaved repeats after {settings['warmup']} warm-up; git {record.get('git') or '?'}. "
              f"SGEMM peak ({peak['library']} matmul {peak['n']}×{peak['n']}): {peak['gflops']:.0f} GFLOP/s"
              + (f" (torch.mm: {settings['torch_sgemm']['gflops']:.0f})" if settings.get("torch_sgemm") else "")
-             + f". Command: `{record['command']}`")
+             + f". Environment: {_environment_text(record)}. Command: `{record['command']}`")
     return text
+
+
+def _environment_text(record: dict) -> str:
+    env = record.get("environment") or {}
+    return ", ".join(f"{k}={v}" for k, v in sorted(env.items())) or "no thread variables set"
 
 
 def markdown(rows: list[Row], summary: list[dict], record: dict, settings: dict) -> str:
