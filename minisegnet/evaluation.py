@@ -164,39 +164,17 @@ def recompute_bn_statistics(model, loader, max_batches: int | None = None) -> in
     return used
 
 
-class ScoringSet:
+class ScoringSet(ArrayDataset):
     """A split to score: images at the network's input size, labels at their own resolution.
 
-    ``images`` uint8 ``(N, h, w, 3)`` and ``labels`` uint8 ``(N, H, W)``, held as two arrays as
-    in :class:`~minisegnet.data.ArrayDataset` (whose images and labels must share a size), so
+    ``images`` uint8 ``(N, h, w, 3)`` and ``labels`` uint8 ``(N, H, W)``: an
+    :class:`~minisegnet.data.ArrayDataset` whose labels need not share the images' size, so
     that :class:`~minisegnet.data.BatchLoader` gathers a batch with one indexing copy of each.
     ``ds[i]`` is ``(images[i], labels[i])``; ``size`` the images' ``(h, w)``, ``label_size``
     the labels' ``(H, W)``.  For scoring only: no training transform can take such pairs.
     """
 
-    def __init__(self, images, labels, names=None):
-        images, labels = np.asarray(images), np.asarray(labels)
-        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"ScoringSet: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-        if labels.ndim != 3 or labels.dtype != np.uint8:
-            raise ValueError(f"ScoringSet: labels must be uint8 (N, H, W), got {labels.dtype} {labels.shape}")
-        if len(images) != len(labels):
-            raise ValueError(f"ScoringSet: {len(images)} images but {len(labels)} label maps")
-        self.images, self.labels = images, labels
-        self.names = tuple(names) if names is not None else tuple(f"{i:05d}" for i in range(len(images)))
-        if len(self.names) != len(images):
-            raise ValueError(f"ScoringSet: {len(self.names)} names for {len(images)} images")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index):
-        return self.images[index], self.labels[index]
-
-    @property
-    def size(self):
-        """``(h, w)`` of the images (what the network sees)."""
-        return tuple(self.images.shape[1:3])
+    labels_share_image_size = False
 
     @property
     def label_size(self):

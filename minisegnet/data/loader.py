@@ -36,19 +36,26 @@ class ArrayDataset:
     one fancy-indexing copy when no per-image transform is asked for.
     """
 
+    #: Whether every label map must have its image's size (a subclass that scores at the labels'
+    #: own resolution, :class:`minisegnet.evaluation.ScoringSet`, only needs one label per image).
+    labels_share_image_size = True
+
     def __init__(self, images, labels, names=None):
         images, labels = np.asarray(images), np.asarray(labels)
+        kind = type(self).__name__
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"ArrayDataset: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+            raise ValueError(f"{kind}: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
         if labels.ndim != 3 or labels.dtype != np.uint8:
-            raise ValueError(f"ArrayDataset: labels must be uint8 (N, H, W), got {labels.dtype} {labels.shape}")
-        if labels.shape != images.shape[:3]:
-            raise ValueError(f"ArrayDataset: images {images.shape} and labels {labels.shape} do not match")
+            raise ValueError(f"{kind}: labels must be uint8 (N, H, W), got {labels.dtype} {labels.shape}")
+        if self.labels_share_image_size and labels.shape != images.shape[:3]:
+            raise ValueError(f"{kind}: images {images.shape} and labels {labels.shape} do not match")
+        if len(images) != len(labels):
+            raise ValueError(f"{kind}: {len(images)} images but {len(labels)} label maps")
         self.images = images
         self.labels = labels
         self.names = tuple(names) if names is not None else tuple(f"{i:05d}" for i in range(len(images)))
         if len(self.names) != len(images):
-            raise ValueError(f"ArrayDataset: {len(self.names)} names for {len(images)} images")
+            raise ValueError(f"{kind}: {len(self.names)} names for {len(images)} images")
 
     def __len__(self) -> int:
         return len(self.images)
