@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.harness.machine import cpu_model  # noqa: E402
 from minisegnet.layers.conv import ALGORITHMS, Conv2d, clear_workspace  # noqa: E402
 
 # (label, N, C, O, H, W, k, padding): SegNet-Basic's 7x7 64->64 layers at batch 4 on the
@@ -69,14 +70,6 @@ def blas_info() -> tuple[str, int | None]:
     return "unknown", None
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class Im2col:

@@ -96,14 +96,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+def _non_negative(what: str):
+    """An argparse type: a finite number >= 0 (``what`` names it in the error)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} >= 0, got {text!r}") from None
+        if not (value >= 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected {what} >= 0, got {text!r}")
+        return value
+    return parse
 
 
 def _preset_help() -> str:
@@ -123,16 +126,6 @@ def _preset_help() -> str:
         )
     return ("the article's recipe, for a GPU: sets the defaults of the options below, and every option given "
             "replaces the preset's (no length: give --epochs or --minutes). " + "; ".join(described))
-
-
-def _minutes_or_zero(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected minutes >= 0, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected minutes >= 0, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"learning-rate schedule, stepped every iteration (default: {defaults.schedule})")
     tr.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=defaults.class_weights,
                     help="median-frequency class balancing of the loss (default: yes)")
-    tr.add_argument("--class-weight-power", type=_non_negative_float, default=defaults.class_weight_power,
+    tr.add_argument("--class-weight-power", type=_non_negative("a number"), default=defaults.class_weight_power,
                     metavar="P", help="temper the class weights: median-frequency weights to the power P (default: "
                     f"{defaults.class_weight_power:g}, SegNet's balancing; 0: no weighting; 0.5: their square root, "
                     "rare classes favoured less)")
@@ -224,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true",
                     help="start over in an --out folder that already holds a run (replaces its checkpoints and "
                     "log; without it that is refused)")
-    tr.add_argument("--save-every", type=_minutes_or_zero, default=defaults.save_every, metavar="MINUTES",
+    tr.add_argument("--save-every", type=_non_negative("minutes"), default=defaults.save_every, metavar="MINUTES",
                     help=f"also write last.npz every MINUTES within an epoch, so that a kill loses at most that "
                     f"much (default: {defaults.save_every:g}; 0: only at evaluations). Ctrl-C and SIGTERM save the "
                     "current step and print the command that resumes (exit 130 / 143)")

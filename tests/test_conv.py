@@ -25,16 +25,10 @@ from minisegnet.layers.conv import ALGORITHMS, Conv2d, clear_workspace
 from minisegnet.layers.conv_tiling import plan_tiling
 from minisegnet.workspace import WORKSPACE
 
+from conv_helpers import assert_results_close, definition, make_conv, run
+
 
 # -- helpers -------------------------------------------------------------------------------
-def make_conv(c, o, k, stride=1, padding=0, bias=True, *, dtype=np.float64, algorithm="auto", seed=0, **kwargs):
-    """A Conv2d with a random (non-zero) bias, in ``dtype``, running ``algorithm``."""
-    conv = Conv2d(c, o, k, stride, padding, bias, rng=seed, algorithm=algorithm, **kwargs).astype(dtype)
-    if conv.bias is not None:
-        conv.bias.data[...] = np.random.default_rng(seed + 1).standard_normal(o)
-    return conv
-
-
 def algorithms_for(stride) -> list[str]:
     """The algorithm names that can serve a layer with this stride ("auto" first)."""
     probe = Conv2d(1, 1, 1, stride)
@@ -45,7 +39,7 @@ def forward_plan_arguments(conv, x_shape):
     """``(kw, rows, length, halo, itemsize)``: what the forward hands :func:`plan_tiling`."""
     n, c, h, w = x_shape
     (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
-    hp, wp = h + 2 * ph, w + 2 * pw
+    wp = w + 2 * pw
     ho, wo = conv._output_size(h, w)
     if conv.resolved_algorithm == "gathered":  # all N·Ho·Wo columns, no halo
         length, halo = n * ho * wo, 0
@@ -102,31 +96,6 @@ def combinations(stride, kernel_size):
                 continue
             pairs.append((algorithm, tiling))
     return pairs
-
-
-def run(conv, x, dy):
-    """``(y, dx, dW, db)`` of one forward and backward, gradients freshly zeroed."""
-    conv.zero_grad()
-    y = conv.forward(x)
-    dx = conv.backward(dy)
-    return y, dx, conv.weight.grad, None if conv.bias is None else conv.bias.grad
-
-
-def definition(conv, x, dy):
-    """``(y, dx, dW, db)`` of :mod:`minisegnet.reference` for the layer's weights."""
-    b = None if conv.bias is None else conv.bias.data
-    y = reference.conv2d(x, conv.weight.data, b, conv.stride, conv.padding)
-    dx, dw, db = reference.conv2d_backward(x, conv.weight.data, dy, conv.stride, conv.padding)
-    return y, dx, dw, (db if conv.bias is not None else None)
-
-
-def assert_results_close(got, expected, what: str, rtol=1e-10, atol=1e-12):
-    for name, a, b in zip(["y", "dx", "dW", "db"], got, expected):
-        if b is None:
-            assert a is None, f"{what}: {name} should be None"
-            continue
-        assert a.shape == b.shape, f"{what}: {name} shape {a.shape} != {b.shape}"
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol * max(1.0, np.abs(b).max()), err_msg=f"{what}: {name}")
 
 
 def output_shape(case):

@@ -16,44 +16,20 @@ import copy
 import numpy as np
 import pytest
 
-from minisegnet import reference
 from minisegnet.backend import device_of, to_device, to_numpy
 from minisegnet.gradcheck import check_module
 from minisegnet.layers import conv as conv_module
 from minisegnet.layers.conv import ALGORITHMS, Conv2d
 from minisegnet.layers.conv_tiling import output_tiles, plan_output_tiles, plan_tiling
 
+from conv_helpers import assert_results_close as assert_close, definition, run, torch_conv
+from conv_helpers import make_conv as _make_conv
+
 TILED = ["tiled-im2col"]
 
 
-def make_conv(c, o, k, stride=1, padding=0, bias=True, *, dtype=np.float64, algorithm="tiled-im2col", seed=0):
-    conv = Conv2d(c, o, k, stride, padding, bias, rng=seed, algorithm=algorithm).astype(dtype)
-    if conv.bias is not None:
-        conv.bias.data[...] = np.random.default_rng(seed + 1).standard_normal(o)
-    return conv
-
-
-def run(conv, x, dy):
-    conv.zero_grad()
-    y = conv.forward(x)
-    dx = conv.backward(dy)
-    return y, dx, conv.weight.grad, None if conv.bias is None else conv.bias.grad
-
-
-def definition(conv, x, dy):
-    b = None if conv.bias is None else conv.bias.data
-    y = reference.conv2d(x, conv.weight.data, b, conv.stride, conv.padding)
-    dx, dw, db = reference.conv2d_backward(x, conv.weight.data, dy, conv.stride, conv.padding)
-    return y, dx, dw, (db if conv.bias is not None else None)
-
-
-def assert_close(got, expected, what, rtol=1e-10, atol=1e-12):
-    for name, a, b in zip(["y", "dx", "dW", "db"], got, expected):
-        if b is None:
-            assert a is None, f"{what}: {name} should be None"
-            continue
-        assert a.shape == b.shape, f"{what}: {name} shape {a.shape} != {b.shape}"
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol * max(1.0, np.abs(b).max()), err_msg=f"{what}: {name}")
+def make_conv(*args, algorithm="tiled-im2col", **kwargs):
+    return _make_conv(*args, algorithm=algorithm, **kwargs)
 
 
 def tiles_of(conv, x_shape):
@@ -144,13 +120,8 @@ def test_parity_with_torch(name, algorithm, dtype, torch, rng):
     conv = make_conv(c, o, k, s, p, bias, dtype=dtype, algorithm=algorithm)
     set_tiles(conv, (n, c, h, w), "rows")
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    tx = torch.from_numpy(x.copy()).requires_grad_(True)
-    tw = torch.from_numpy(conv.weight.data.copy()).requires_grad_(True)
-    tb = torch.from_numpy(conv.bias.data.copy()).requires_grad_(True) if bias else None
-    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=conv.stride, padding=conv.padding)
-    dy = rng.standard_normal(tuple(ty.shape)).astype(dtype)
-    ty.backward(torch.from_numpy(dy))
-    expected = (ty.detach().numpy(), tx.grad.numpy(), tw.grad.numpy(), None if tb is None else tb.grad.numpy())
+    dy = rng.standard_normal(conv.forward(x).shape).astype(dtype)
+    expected = torch_conv(torch, conv, x, dy)
     got = run(conv, x, dy)
     assert all(g is None or g.dtype == dtype for g in got)
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
@@ -172,12 +143,7 @@ def test_seg_net_sized_layer_in_float32_matches_torch(algorithm, o, torch, rng):
             conv.max_workspace_bytes = 49 * o * 4 * (3000 + 6 * 126 + 6)  # blocks of 3000 columns
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     dy = rng.standard_normal((n, o, h, w)).astype(np.float32)
-    tx = torch.from_numpy(x.copy()).requires_grad_(True)
-    tw = torch.from_numpy(conv.weight.data.copy()).requires_grad_(True)
-    tb = torch.from_numpy(conv.bias.data.copy()).requires_grad_(True)
-    ty = torch.nn.functional.conv2d(tx, tw, tb, padding=3)
-    ty.backward(torch.from_numpy(dy))
-    expected = (ty.detach().numpy(), tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy())
+    expected = torch_conv(torch, conv, x, dy)
     assert_close(run(conv, x, dy), expected, "float32 7x7", rtol=1e-4, atol=1e-5)
 
 
@@ -218,13 +184,8 @@ def test_stacked_weights_parity_with_torch(name, blocks, dtype, torch, rng):
     conv = make_conv(c, o, k, s, p, bias, dtype=dtype, algorithm="flat-stacked-weights")
     set_stacked_blocks(conv, blocks)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    tx = torch.from_numpy(x.copy()).requires_grad_(True)
-    tw = torch.from_numpy(conv.weight.data.copy()).requires_grad_(True)
-    tb = torch.from_numpy(conv.bias.data.copy()).requires_grad_(True) if bias else None
-    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=conv.stride, padding=conv.padding)
-    dy = rng.standard_normal(tuple(ty.shape)).astype(dtype)
-    ty.backward(torch.from_numpy(dy))
-    expected = (ty.detach().numpy(), tx.grad.numpy(), tw.grad.numpy(), None if tb is None else tb.grad.numpy())
+    dy = rng.standard_normal(conv.forward(x).shape).astype(dtype)
+    expected = torch_conv(torch, conv, x, dy)
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
     assert_close(run(conv, x, dy), expected, f"stacked/{np.dtype(dtype).name}", rtol=tolerance, atol=tolerance)
 
