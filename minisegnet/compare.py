@@ -213,7 +213,6 @@ def measure_model(model, size, batch_size: int = 2, memory_size=(360, 480), repe
         out["peak_inference_bytes"] = _peak_bytes(lambda: model.predict(image))
     else:
         out["peak_train_bytes"] = out["peak_inference_bytes"] = None
-    del student, optimizer
     return out
 
 

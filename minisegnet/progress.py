@@ -72,7 +72,9 @@ class Progress:
 
 
 def _weights_in_words(config) -> str:
-    power = getattr(config, "class_weight_power", 1.0)
+    power, end = getattr(config, "class_weight_power", 1.0), getattr(config, "class_weight_power_end", None)
+    if end is not None:
+        return f"median frequency ** ({power:g} -> {end:g} over the schedule)"
     return "median frequency" if power == 1 else f"median frequency ** {power:g}"
 
 

@@ -10,7 +10,8 @@ it needs and a mistake is reported before minutes of work:
 3. the model is built (a fresh run's encoder from VGG16 when asked) and the memory of a training step
    estimated, before the data is decoded;
 4. the data, its loaders, the loss and the optimizer are made: the class weights are the training
-   labels' median-frequency weights to the power ``class_weight_power`` (none at 0), and the validation
+   labels' median-frequency weights to the power ``class_weight_power`` (none at 0; with
+   ``class_weight_power_end`` the trainer anneals that power step by step), and the validation
    loader gives the labels at their own resolution (CamVid: 360×480) unless ``eval_at_train_size``, so
    every validation pass -- the per-epoch ones that choose ``best.npz`` as well as the last -- is scored
    as published scores are (:mod:`minisegnet.evaluation`);

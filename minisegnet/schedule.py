@@ -14,6 +14,10 @@ resuming with more epochs stretches it), else the length already planned (a resu
 else ``max_steps``; with none of these the run has only a time budget, and the length is planned
 from it after a few steps (:meth:`minisegnet.budget.TimeBudget.planned_steps`).
 
+**The class weights follow the same length** when they are annealed
+(``class_weight_power_end``, :func:`class_weight_power_at`): the power moves linearly from
+``class_weight_power`` to ``class_weight_power_end`` over the same ``T`` steps.
+
 **Where it stands**: the schedules are closed-form in the step count, so a resumed run needs
 only its step to be exactly where the interrupted one was (:func:`make_scheduler`).
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from .optim import CosineLR, PolyLR, StepLR
 
-__all__ = ["schedule_length", "make_scheduler", "planned_from_budget"]
+__all__ = ["schedule_length", "make_scheduler", "planned_from_budget", "class_weight_power_at"]
 
 
 def planned_from_budget(config) -> bool:
@@ -52,3 +56,17 @@ def make_scheduler(config, optimizer, steps_per_epoch: int, step: int, length: i
         scheduler = CosineLR(optimizer, length)
     scheduler.load_state_dict({"type": type(scheduler).__name__, "base_lr": config.lr, "last_step": step})
     return scheduler
+
+
+def class_weight_power_at(config, step: int, length: int | None) -> float:
+    """The power of the class weights at ``step`` (0-based) of a schedule ``length`` steps long.
+
+    ``P0 + (P1 - P0) · min(step / T, 1)`` with ``P0 = class_weight_power`` and ``P1 =
+    class_weight_power_end`` (``P0`` throughout when no end is set, and while ``T`` is not known
+    yet: the first few steps of a run that plans its length from the time budget).  Closed-form
+    in the step, like the learning rate, so a resumed run anneals on exactly where it stopped.
+    """
+    start, end = float(config.class_weight_power), config.class_weight_power_end
+    if end is None or not length:
+        return start
+    return start + (float(end) - start) * min(step / length, 1.0)

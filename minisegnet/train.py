@@ -54,7 +54,7 @@ from .run_data import load_datasets
 from .run_folder import BEST, CHECKPOINT_KIND, FIGURE, LAST, LOG, json_ready  # noqa: F401
 from .run_folder import RunFolderWriteError, TrainResult, checkpoint_extra, run_result
 from .run_setup import INIT_STREAM as _INIT_STREAM, derived_seed as _derived_seed, prepare_run  # noqa: F401
-from .schedule import make_scheduler, planned_from_budget
+from .schedule import class_weight_power_at, make_scheduler, planned_from_budget
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "evaluate", "recompute_bn_statistics", "load_datasets",
            "evaluate_checkpoint", "predict_images", "TrainingDiverged", "TrainingInterrupted", "RunFolderWriteError",
@@ -184,6 +184,7 @@ class Trainer:
                 started = time.perf_counter()
                 x, y = to_device(images, config.device), to_device(labels, config.device)
                 _reseed_dropout(model, config.seed, self.epoch, self.batch)
+                self._anneal_class_weights()
 
                 model.zero_grad()
                 logits = model.forward(x)
@@ -215,6 +216,18 @@ class Trainer:
             self.epoch, self.batch = self.epoch + 1, 0
             return None
         return self._stop_reason() or "minutes"
+
+    def _anneal_class_weights(self) -> None:
+        """Give the loss this step's class weights when they are annealed (``class_weight_power_end``).
+
+        The run's weights are the median-frequency weights ``w`` to the power ``P0``; at this step
+        the loss takes ``w ** P = (w ** P0) ** (P / P0)`` (:func:`~minisegnet.schedule.class_weight_power_at`).
+        """
+        config = self.config
+        if config.class_weight_power_end is None:
+            return
+        power = class_weight_power_at(config, self.step, self.schedule_steps)
+        self.criterion.weight = self.class_weights ** (power / config.class_weight_power)
 
     def _save_due(self, steps_per_epoch: int) -> bool:
         """Whether ``save_every`` minutes have passed since the last save (and no evaluation save follows now)."""
@@ -345,10 +358,14 @@ class Trainer:
         with self._signals.at_once():  # a picture: a signal stops it at once
             records = [r for r in self.folder.read_log() if "event" not in r]
             last = self.history[-1] if self.history else {}
+            scoring_set = self.val_loader.dataset  # the labels at their own resolution, as scored
+            label_h, label_w = scoring_set.labels.shape[1:3]
+            at = f" at {label_h}x{label_w}" if (label_h, label_w) != tuple(config.size) else ""
             title = (f"{config.model} on {config.dataset} {config.size[0]}x{config.size[1]}: epoch "
-                     f"{last.get('epoch', 0):.2f}, step {self.step}, val mIoU {_score(last.get('val_mean_iou')):.3f}")
+                     f"{last.get('epoch', 0):.2f}, step {self.step}, val mIoU{at} "
+                     f"{_score(last.get('val_mean_iou')):.3f}")
             try:
-                self.figure_path = str(run_figure(records, self.model, self.val_set, self.folder.figure, mean=self.mean,
+                self.figure_path = str(run_figure(records, self.model, scoring_set, self.folder.figure, mean=self.mean,
                                                   std=self.std, device=config.device, title=title))
             except OSError as exc:  # a full disk: the figure is not worth stopping a run for
                 warnings.warn(f"cannot write {self.folder.figure} ({exc.strerror or exc}); the run goes on",

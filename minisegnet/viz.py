@@ -501,9 +501,15 @@ def run_figure(log_records, model, dataset, path, *, mean, std, device="cpu", ti
     Up to ``max_rows`` images, evenly spread over ``dataset`` (an :class:`~minisegnet.data.ArrayDataset`:
     uint8 ``images``, ``labels``), are normalised with ``mean``/``std``, moved to ``device`` and
     predicted under :func:`~minisegnet.no_grad` (which keeps the caches of a step under way as they are).
+
+    At the labels' resolution, as the scores are: when ``dataset``'s labels are larger than its
+    images (a :class:`~minisegnet.evaluation.ScoringSet`: CamVid's 360×480 labels beside images at
+    the training size), the predicted class maps are laid over them by nearest neighbour, the rule
+    :func:`~minisegnet.evaluate` scores with, and the image column shows the network's input
+    enlarged the same way, so the three panels of a row are pixel for pixel the same grid.
     """
     from .backend import to_device
-    from .data import normalize
+    from .data import normalize, resize_label
     from .grad_mode import no_grad
 
     rows = min(max_rows, len(dataset))
@@ -511,4 +517,8 @@ def run_figure(log_records, model, dataset, path, *, mean, std, device="cpu", ti
     images, targets = dataset.images[picks], dataset.labels[picks]
     with no_grad():
         predictions = to_numpy(model.predict(to_device(normalize(images, mean, std), device)))
+    label_size = tuple(targets.shape[1:3])
+    if predictions.shape[1:3] != label_size:
+        predictions = resize_label(predictions, label_size)
+        images = np.moveaxis(resize_label(np.moveaxis(images, -1, 1), label_size), 1, -1)  # (N, H, W, 3)
     return training_figure(log_records, images, targets, predictions, path, title=title, max_rows=rows)

@@ -151,6 +151,25 @@ def test_a_training_run_scores_its_validation_passes_at_the_labels_resolution(ca
     assert trainer.val_set.labels.shape[1:] == TRAIN_SIZE  # the figure's and the loader's images stay small
 
 
+def test_the_run_figure_shows_the_labels_at_their_own_resolution(camvid_run, monkeypatch, tmp_path):
+    import minisegnet.viz as viz
+
+    trainer, _ = camvid_run
+    drawn = {}
+
+    def capture(records, images, targets, predictions, path, *, title=None, max_rows=4):
+        drawn.update(images=images.shape, targets=targets.shape, predictions=predictions.shape, title=title)
+        return path
+
+    monkeypatch.setattr(viz, "training_figure", capture)
+    monkeypatch.setattr(trainer.config, "figure", True)
+    trainer._draw_figure()
+    n = min(4, len(trainer.val_set))
+    assert drawn["targets"] == drawn["predictions"] == (n, *LABEL_SIZE)
+    assert drawn["images"] == (n, *LABEL_SIZE, 3)
+    assert f"val mIoU at {LABEL_SIZE[0]}x{LABEL_SIZE[1]}" in drawn["title"]
+
+
 def test_eval_at_train_size_keeps_the_old_scores(camvid, tmp_path):
     config = TrainConfig(**TINY, dataset="camvid", data_dir=str(camvid), epochs=1, out_dir=str(tmp_path / "run"),
                          eval_at_train_size=True)
@@ -208,7 +227,8 @@ def test_the_weights_are_median_frequency_to_the_power(street_labels, power):
 
 
 def test_power_one_is_segnets_weights_and_zero_is_no_weighting(street_labels):
-    assert np.array_equal(tempered_class_weights(street_labels, TrainConfig()), median_frequency_weights(street_labels))
+    segnet = TrainConfig(class_weight_power=1.0)
+    assert np.array_equal(tempered_class_weights(street_labels, segnet), median_frequency_weights(street_labels))
     assert tempered_class_weights(street_labels, TrainConfig(class_weight_power=0.0)) is None
     assert tempered_class_weights(street_labels, TrainConfig(class_weights=False)) is None
 
@@ -234,9 +254,90 @@ def test_bad_powers_are_refused(power):
         TrainConfig(epochs=1, class_weight_power=power).validate()
 
 
+def test_the_default_power_is_the_measured_one_and_older_runs_keep_theirs(street_labels):
+    from minisegnet.config import DEFAULT_CLASS_WEIGHT_POWER
+
+    assert TrainConfig().class_weight_power == DEFAULT_CLASS_WEIGHT_POWER == 0.75
+    plain = median_frequency_weights(street_labels)
+    assert np.array_equal(tempered_class_weights(street_labels, TrainConfig()), plain ** 0.75)
+    saved = TrainConfig(epochs=1).to_dict()
+    assert TrainConfig.from_dict(saved).class_weight_power == 0.75
+    del saved["class_weight_power"]  # a checkpoint from before the power existed was trained at 1
+    assert TrainConfig.from_dict(saved).class_weight_power == 1.0
+    TrainConfig(epochs=1, class_weights=False).validate()  # no weights: the default power is no contradiction
+
+
+def test_the_demo_keeps_the_recipe_it_was_measured_with():
+    assert cli.DEMO_DEFAULTS["class_weight_power"] == 1.0
+
+
 def test_a_power_without_class_weights_is_refused():
     with pytest.raises(ValueError, match="class_weights is off"):
         TrainConfig(epochs=1, class_weights=False, class_weight_power=0.5).validate()
+
+
+# -- annealed class weights ------------------------------------------------------------------------
+def test_the_annealed_power_moves_linearly_over_the_schedule():
+    from minisegnet.schedule import class_weight_power_at
+
+    config = TrainConfig(epochs=1, class_weight_power=1.0, class_weight_power_end=0.25)
+    assert [class_weight_power_at(config, t, 8) for t in (0, 2, 4, 8, 20)] == [1.0, 0.8125, 0.625, 0.25, 0.25]
+    assert class_weight_power_at(config, 5, None) == 1.0  # length not planned yet: the start
+    assert class_weight_power_at(TrainConfig(epochs=1, class_weight_power=0.5), 5, 8) == 0.5  # no end: constant
+
+
+def _weights_seen(trainer):
+    """Run ``trainer`` and return the class weights its loss took at each step."""
+    seen, forward = [], trainer.criterion.forward
+
+    def recording(logits, labels):
+        seen.append(np.array(trainer.criterion.weight))
+        return forward(logits, labels)
+
+    trainer.criterion.forward = recording
+    trainer.fit()
+    return seen
+
+
+def _annealed_run(tmp_path, name, **settings):
+    config = TrainConfig(**TINY, dataset="synthetic", synthetic_train=8, synthetic_val=4, epochs=3,
+                         out_dir=str(tmp_path / name), class_weight_power=0.75, class_weight_power_end=0.25,
+                         **settings)
+    return Trainer(config, progress=False)
+
+
+def test_a_run_anneals_its_weights_from_the_first_step_to_the_last(tmp_path):
+    trainer = _annealed_run(tmp_path, "run")
+    plain = median_frequency_weights(trainer.train_set)
+    total = trainer.schedule_steps
+    assert total == 3 * len(trainer.train_loader) and total >= 6
+    seen = _weights_seen(trainer)
+    assert len(seen) == total
+    for step, weights in enumerate(seen):
+        np.testing.assert_allclose(weights, plain ** (0.75 - 0.5 * step / total), rtol=1e-12)
+    assert not np.allclose(seen[0], seen[-1])  # the weights did change
+
+
+def test_a_resumed_run_anneals_on_where_it_stopped(tmp_path):
+    whole = _weights_seen(_annealed_run(tmp_path, "whole"))
+    first = _weights_seen(_annealed_run(tmp_path, "split", max_steps=3))
+    resumed = Trainer(TrainConfig(**TINY, out_dir=str(tmp_path / "split"), resume="auto", epochs=3), progress=False)
+    rest = _weights_seen(resumed)
+    assert len(first) == 3 and len(first) + len(rest) == len(whole)
+    for a, b in zip(first + rest, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    (dict(class_weight_power_end=-1.0), "class_weight_power_end: expected a number >= 0"),
+    (dict(class_weight_power_end=float("nan")), "class_weight_power_end: expected a number >= 0"),
+    (dict(class_weight_power_end=0.5, class_weight_power=0.0), "has none to start from"),
+    (dict(class_weight_power_end=0.5, class_weights=False), "has none to start from"),
+    (dict(class_weight_power_end=0.5, schedule="none"), "schedule 'none' has none: use poly or cosine"),
+])
+def test_bad_annealing_is_refused(settings, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig(epochs=1, **settings).validate()
 
 
 TINY_CLI = ["--synthetic", "--channels", "8", "--kernel-size", "3", "--size", "32x48", "--batch-size", "2",
@@ -249,6 +350,8 @@ TINY_CLI = ["--synthetic", "--channels", "8", "--kernel-size", "3", "--size", "3
     (["--class-weight-power", "nan"], "expected a number >= 0, got 'nan'"),
     (["--no-class-weights", "--class-weight-power", "0.5"], "class_weights is off (--no-class-weights)"),
     (["--preset", "segnet-tiny"], "argument --preset: invalid choice: 'segnet-tiny'"),
+    (["--class-weight-power-end", "-0.5"], "argument --class-weight-power-end: expected a number >= 0, got '-0.5'"),
+    (["--class-weight-power-end", "0.5", "--schedule", "step"], "schedule 'step' has none: use poly or cosine"),
 ])
 def test_bad_recipe_options_are_one_line(options, fragment, tmp_path, capsys):
     rc = cli.main(["train", *TINY_CLI, "--epochs", "1", "--out", str(tmp_path / "run"), *options])
@@ -269,6 +372,16 @@ def test_the_cli_passes_the_power_to_the_run(tmp_path, capsys):
     assert saved.class_weight_power == 0.5
     rc = cli.main(["train", *TINY_CLI, "--out", str(tmp_path / "run"), "--resume", "--class-weight-power", "1"])
     assert_one_line_error(rc, capsys.readouterr().err, "--class-weight-power 1.0 (the run has 0.5)")
+
+
+def test_the_cli_passes_the_annealing_to_the_run(tmp_path, capsys):
+    assert cli.main(["train", *TINY_CLI, "--epochs", "1", "--out", str(tmp_path / "run"),
+                     "--class-weight-power-end", "0.5"]) == 0
+    capsys.readouterr()
+    saved = TrainConfig.from_dict(_extra(tmp_path / "run" / "last.npz")["train_config"])
+    assert (saved.class_weight_power, saved.class_weight_power_end) == (0.75, 0.5)  # from the default power
+    rc = cli.main(["train", *TINY_CLI, "--out", str(tmp_path / "run"), "--resume", "--class-weight-power-end", "0.25"])
+    assert_one_line_error(rc, capsys.readouterr().err, "--class-weight-power-end 0.25 (the run has 0.5)")
 
 
 def _extra(path):
@@ -414,3 +527,12 @@ def test_the_new_settings_are_the_runs_own_on_resume():
             TrainConfig(**{field: value}).resumed(stored, given=[field])
     kept = TrainConfig().resumed(stored, given=[])
     assert (kept.class_weight_power, kept.preset) == (0.5, "segnet-basic-paper")
+
+
+def test_the_run_says_how_its_weights_are_tempered():
+    from minisegnet.progress import _weights_in_words
+
+    assert _weights_in_words(TrainConfig(class_weight_power=1.0)) == "median frequency"
+    assert _weights_in_words(TrainConfig()) == "median frequency ** 0.75"
+    annealed = TrainConfig(class_weight_power=1.0, class_weight_power_end=0.5)
+    assert _weights_in_words(annealed) == "median frequency ** (1 -> 0.5 over the schedule)"

@@ -181,3 +181,38 @@ def test_figures_never_touch_pyplot(tmp_path):
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(viz.__file__).parents[1]))
+
+
+class _ThresholdModel:
+    """predict: class 1 where the first channel of the normalised image is positive, else 0."""
+
+    def predict(self, x):
+        return (x[:, 0] > 0).astype(np.int64)
+
+
+def test_run_figure_draws_at_the_labels_resolution_as_they_are_scored(tmp_path, monkeypatch):
+    from minisegnet.data import ArrayDataset, resize_label
+    from minisegnet.evaluation import ScoringSet
+
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(3, 6, 8, 3)).astype(np.uint8)
+    fine_labels = rng.integers(0, 2, size=(3, 12, 16)).astype(np.uint8)
+    drawn = {}
+
+    def capture(records, images, targets, predictions, path, **kwargs):
+        drawn.update(images=images, targets=targets, predictions=predictions)
+        return path
+
+    monkeypatch.setattr(viz, "training_figure", capture)
+    mean, std = np.full(3, 0.5), np.full(3, 0.25)  # on the 0..1 scale: positive above 127.5
+    at_network_size = (images[..., 0] > 127).astype(np.int64)  # what _ThresholdModel predicts
+    viz.run_figure([], _ThresholdModel(), ScoringSet(images, fine_labels), tmp_path / "f.png", mean=mean, std=std)
+    assert drawn["targets"].shape == drawn["predictions"].shape == (3, 12, 16)
+    np.testing.assert_array_equal(drawn["predictions"], resize_label(at_network_size, (12, 16)))  # evaluate's rule
+    np.testing.assert_array_equal(drawn["images"][:, ::2, ::2], images)  # each input pixel drawn 2x2
+    np.testing.assert_array_equal(drawn["images"][:, 1::2, 1::2], images)
+    # labels at the images' size: nothing is resized
+    viz.run_figure([], _ThresholdModel(), ArrayDataset(images, fine_labels[:, ::2, ::2]), tmp_path / "g.png",
+                   mean=mean, std=std)
+    np.testing.assert_array_equal(drawn["predictions"], at_network_size)
+    np.testing.assert_array_equal(drawn["images"], images)
