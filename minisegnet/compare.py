@@ -446,6 +446,16 @@ def _size_arg(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _positive(kind):
     def parse(text: str):
         try:
@@ -477,6 +487,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="the same seed for every variant (default 0)")
     parser.add_argument("--batch-size", type=_positive(int), default=None, help="batch size (TrainConfig's default)")
     parser.add_argument("--lr", type=_positive(float), default=None, help="learning rate (TrainConfig's default)")
+    parser.add_argument("--class-weight-power", type=_non_negative_float, default=None, metavar="P",
+                        help="median-frequency class weights to the power P (TrainConfig's default, 0.75; the "
+                        "README's table was measured at 1)")
     parser.add_argument("--channels", type=_positive(int), default=None,
                         help="channels of every variant's convolutions (default 64, the article's)")
     parser.add_argument("--kernel-size", type=_positive(int), default=None,
@@ -501,8 +514,9 @@ def run_from_args(args, command: str | None = None) -> dict:
     """:func:`compare_decoders` with the options of :func:`add_arguments`."""
     if args.minutes_each is None and args.max_steps is None and args.epochs is None:
         raise ValueError("compare-decoders: give --minutes-each, --max-steps or --epochs (each variant's budget)")
-    options = {name: getattr(args, name) for name in ("batch_size", "lr", "channels", "kernel_size", "train_limit",
-                                                      "val_limit", "synthetic_train", "synthetic_val")
+    options = {name: getattr(args, name) for name in ("batch_size", "lr", "class_weight_power", "channels",
+                                                      "kernel_size", "train_limit", "val_limit", "synthetic_train",
+                                                      "synthetic_val")
                if getattr(args, name) is not None}
     variants = None if args.variants is None else [v.strip() for v in args.variants.split(",") if v.strip()]
     return compare_decoders(args.out, data_dir=args.data, synthetic=args.synthetic, size=args.size,

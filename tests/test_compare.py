@@ -138,3 +138,20 @@ def test_an_earlier_comparison_is_kept_unless_overwrite(tmp_path, capsys):
     assert "already holds a comparison" in err and "--overwrite" in err
     assert (tmp_path / "decoders.json").read_text() == before
     assert main(argv + ["--overwrite"]) == 0
+
+
+def test_the_class_weight_power_option_reaches_every_variants_run(tmp_path, monkeypatch):
+    import argparse
+
+    import minisegnet.compare as compare
+
+    seen = {}
+    monkeypatch.setattr(compare, "compare_decoders", lambda out, **kwargs: seen.update(kwargs) or {})
+    parser = compare.add_arguments(argparse.ArgumentParser())
+    compare.run_from_args(parser.parse_args(["--synthetic", "--max-steps", "1", "--class-weight-power", "1"]))
+    assert seen["class_weight_power"] == 1.0
+    seen.clear()
+    compare.run_from_args(parser.parse_args(["--synthetic", "--max-steps", "1"]))
+    assert "class_weight_power" not in seen  # TrainConfig's default
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--synthetic", "--class-weight-power", "-1"])
