@@ -233,7 +233,8 @@ class TrainConfig:
 
         ``stored``, except the fields of :attr:`RESUMABLE_OVERRIDES`, which come from ``self``;
         but with no length given here (``epochs``, ``minutes``, ``max_steps`` all None) the
-        stored length is kept, and with no ``data_dir`` the stored folder.  Neither config is
+        stored length is kept, with no ``data_dir`` the stored folder, and with ``recompute_bn``
+        not in ``given`` the run's own choice (a preset's recomputation survives a bare resume).  Neither config is
         changed; the result is not validated yet (call :meth:`validate`).
 
         ``given``: the fields the user set on purpose (a dict ``{field: label}``, e.g.
@@ -258,6 +259,8 @@ class TrainConfig:
         keep = set()
         if self.data_dir is None:
             keep.add("data_dir")  # the folder the run started with
+        if "recompute_bn" not in _labelled(given):
+            keep.add("recompute_bn")  # as the run planned it, unless --[no-]recompute-bn says otherwise
         if all(getattr(self, name) is None for name in _LENGTH):
             keep.update(_LENGTH)  # go on as the run was planned
         taken = {name: getattr(self, name) for name in self.RESUMABLE_OVERRIDES if name not in keep}

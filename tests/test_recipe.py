@@ -536,3 +536,10 @@ def test_the_run_says_how_its_weights_are_tempered():
     assert _weights_in_words(TrainConfig()) == "median frequency ** 0.75"
     annealed = TrainConfig(class_weight_power=1.0, class_weight_power_end=0.5)
     assert _weights_in_words(annealed) == "median frequency ** (1 -> 0.5 over the schedule)"
+
+
+def test_a_bare_resume_keeps_the_runs_bn_recomputation():
+    stored = TrainConfig(epochs=1, recompute_bn=True, preset="segnet-basic-paper")
+    assert TrainConfig(epochs=2).resumed(stored, given=["epochs"]).recompute_bn is True  # a preset's choice survives
+    assert TrainConfig(epochs=2, recompute_bn=False).resumed(stored, given=["recompute_bn"]).recompute_bn is False
+    assert TrainConfig(recompute_bn=True).resumed(TrainConfig(epochs=1), given=["recompute_bn"]).recompute_bn is True
