@@ -446,16 +446,6 @@ def _size_arg(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
 def _positive(kind):
     def parse(text: str):
         try:
@@ -471,6 +461,8 @@ def _positive(kind):
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``minisegnet compare-decoders`` (for the CLI's subparser)."""
+    from .cli import _non_negative  # the command line's own number type (cli imports this module lazily)
+
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", metavar="DIR", help="CamVid folder (default: found automatically)")
     source.add_argument("--synthetic", action="store_true", help="train on synthetic street scenes instead")
@@ -487,7 +479,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="the same seed for every variant (default 0)")
     parser.add_argument("--batch-size", type=_positive(int), default=None, help="batch size (TrainConfig's default)")
     parser.add_argument("--lr", type=_positive(float), default=None, help="learning rate (TrainConfig's default)")
-    parser.add_argument("--class-weight-power", type=_non_negative_float, default=None, metavar="P",
+    parser.add_argument("--class-weight-power", type=_non_negative("a number"), default=None, metavar="P",
                         help="median-frequency class weights to the power P (TrainConfig's default, 0.75; the "
                         "README's table was measured at 1)")
     parser.add_argument("--channels", type=_positive(int), default=None,

@@ -10,9 +10,9 @@ decay) with a poly schedule (power 0.9) stretched over the run, median-frequency
 measurement for short CPU budgets (README, "Choosing the default recipe"): at an equal number of
 epochs, Adam with poly decay beat SegNet-Basic's Caffe solver (SGD, lr 0.1, momentum 0.9, weight
 decay 5e-4, constant lr) and SGD with poly decay, and batch size 2 beat 4; in 30 minutes the
-weights to the power 0.75 gave val mIoU 0.436 where SegNet's full weights (power 1) gave 0.377.  The Caffe solver is one flag
-away: ``--optimizer sgd`` (lr 0.1 and weight decay 5e-4 come with it, see
-:data:`SOLVER_DEFAULTS`).  All defaults live in :class:`TrainConfig`.
+weights to the power 0.75 gave val mIoU 0.436 where SegNet's full weights (power 1) gave 0.377.
+The Caffe solver is one flag away: ``--optimizer sgd`` (lr 0.1 and weight decay 5e-4 come with
+it, see :data:`SOLVER_DEFAULTS`).  All defaults live in :class:`TrainConfig`.
 
 **Tempered class weights.**  ``class_weight_power`` P raises the median-frequency weights to
 a power: ``weight(c) = (median_freq / freq(c)) ** P``.  P = 1 is SegNet's balancing, P = 0 no
@@ -90,8 +90,8 @@ from .backend import resolve_device
 from .data import NUM_CLASSES, parse_size
 from .models import MODELS
 
-__all__ = ["TrainConfig", "SOLVER_DEFAULTS", "DEFAULT_CLASS_WEIGHT_POWER", "OPTIMIZERS", "SCHEDULES", "DATASETS", "LOSS_NORMALIZATIONS", "PRESETS",
-           "PRESET_TARGETS"]
+__all__ = ["TrainConfig", "SOLVER_DEFAULTS", "DEFAULT_CLASS_WEIGHT_POWER", "OPTIMIZERS", "SCHEDULES", "DATASETS",
+           "LOSS_NORMALIZATIONS", "PRESETS", "PRESET_TARGETS"]
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "step", "poly", "cosine")
@@ -149,8 +149,8 @@ class TrainConfig:
     ``schedule`` none | step (lr × ``lr_gamma`` every ``lr_step_epochs``) | poly (power
     ``poly_power``) | cosine, stepped every iteration; ``class_weights`` median-frequency
     balancing, tempered by ``class_weight_power`` (weights ** P: 0.75 by default, 1 as SegNet,
-    0 none, 0.5 the square root) and, when ``class_weight_power_end`` is given, annealed to that power over the
-    schedule; ``loss_normalize`` "valid" (divide by the number of labelled pixels, as SegNet's
+    0 none, 0.5 the square root) and, when ``class_weight_power_end`` is given, annealed to that
+    power over the schedule; ``loss_normalize`` "valid" (divide by the number of labelled pixels, as SegNet's
     Caffe loss) or "weights" (by the sum of their class weights, as PyTorch's weighted loss).
 
     Initialisation: ``vgg16`` a torchvision VGG16 ``.npz`` that SegNet's encoder starts from
@@ -234,8 +234,8 @@ class TrainConfig:
         ``stored``, except the fields of :attr:`RESUMABLE_OVERRIDES`, which come from ``self``;
         but with no length given here (``epochs``, ``minutes``, ``max_steps`` all None) the
         stored length is kept, with no ``data_dir`` the stored folder, and with ``recompute_bn``
-        not in ``given`` the run's own choice (a preset's recomputation survives a bare resume).  Neither config is
-        changed; the result is not validated yet (call :meth:`validate`).
+        not in ``given`` the run's own choice (a preset's recomputation survives a bare resume).
+        Neither config is changed; the result is not validated yet (call :meth:`validate`).
 
         ``given``: the fields the user set on purpose (a dict ``{field: label}``, e.g.
         ``{"lr": "--lr"}``, or just field names).  A given field that a resume would ignore
