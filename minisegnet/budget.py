@@ -18,7 +18,7 @@ that must stop in time has to know three things, all measured on the run itself:
 **A schedule as long as the budget.**  With ``schedule="poly"`` or ``"cosine"`` and no epoch
 count, the schedule is stretched over the number of steps the budget allows, so the learning
 rate comes down as the time runs out: :meth:`TimeBudget.planned_steps` divides the time left
-(less the final reserve) by the cost of a step *with its share of the evaluations*.  The loop
+(less the final reserve) into steps and the evaluations that fall between them.  The loop
 plans once, after :data:`PLAN_AFTER_STEPS` steps have been timed, and plans again after every
 evaluation, when the cost of an epoch and its evaluation is known better.  The plan is saved in
 the checkpoints, so a resumed run goes on with it.
@@ -150,16 +150,30 @@ class TimeBudget:
     def planned_steps(self, step: int, eval_every: int) -> int | None:
         """How many steps in all (``step`` done) a schedule stretched over the budget should have.
 
-        The time left after the final reserve, divided by the cost of a step plus its share of
-        the evaluations (one every ``eval_every`` epochs).  None until :data:`PLAN_AFTER_STEPS`
-        steps have been timed, or without a budget.
+        The most steps ``k`` whose time, with the evaluations that fall *between* them,
+        fits the time left after the final reserve: ``k·step + m(k)·evaluation <= left``.
+        An evaluation follows every ``eval_every``-th epoch (``train_batches · eval_every``
+        steps); ``m(k)`` counts those boundaries the ``k`` steps pass before their end (the
+        evaluation at the end is the final one, already in the reserve).  So a last, partial
+        epoch is not charged for an evaluation it never runs.  None until
+        :data:`PLAN_AFTER_STEPS` steps have been timed, or without a budget.
         """
         if self.minutes is None or self.steps_timed < PLAN_AFTER_STEPS:
             return None
-        eval_seconds = (self.eval_batch_seconds or 0.0) * self.val_batches
-        per_step = self.step_estimate() + eval_seconds / (self.train_batches * eval_every)
+        per_step = max(self.step_estimate(), 1e-9)
+        per_eval = (self.eval_batch_seconds or 0.0) * self.val_batches
+        between = max(1, self.train_batches * eval_every)  # steps from one evaluation to the next
         left = self.left() - self.final_reserve()
-        return step + max(1, int(left / per_step))
+
+        def fits(k: int) -> bool:
+            evaluations = (step + k - 1) // between - step // between
+            return k * per_step + evaluations * per_eval <= left
+
+        low, high = 1, max(1, int(left / per_step))  # the answer is at least one step, at most high
+        while low < high:  # the time of k steps grows with k: bisect for the last k that fits
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle - 1)
+        return step + low
 
     def bn_batches(self) -> int | None:
         """How many training batches the BatchNorm recomputation may use now (None: all of them)."""

@@ -62,19 +62,32 @@ def test_a_step_fits_when_it_and_the_end_of_the_run_fit():
     assert unbounded.allows_step(10**6) and unbounded.left() == math.inf
 
 
-def test_planned_steps_divide_the_time_left_by_a_step_and_its_share_of_evaluations():
+def test_planned_steps_fill_the_time_left_with_steps_and_the_evaluations_between_them():
     b, clock = budget(minutes=1.0)
     b.eval_batch_seconds = 0.5  # an evaluation: 2 s, a final reserve of 2 s
     for i in range(PLAN_AFTER_STEPS):
         assert b.planned_steps(i, eval_every=1) is None  # not enough measured yet
         b.record_step(1.0)
     clock.now += 10.0
-    # left: 60 - 10 - 2 = 48 s; a step: 1 s + 2 s / 10 steps an epoch = 1.2 s -> 40 more steps
+    # left: 60 - 10 - 2 = 48 s at 1 s a step; from step 5, 40 steps pass the evaluations after
+    # steps 10, 20, 30 and 40 (8 s) and end at 45, whose evaluation is the final one: 40 + 8 = 48
     assert b.planned_steps(5, eval_every=1) == 5 + 40
-    assert b.planned_steps(5, eval_every=2) == 5 + int(48 / 1.1)
+    # an evaluation every 20 steps: 44 steps pass two of them (after 20 and 40): 44 + 4 = 48
+    assert b.planned_steps(5, eval_every=2) == 5 + 44
     clock.now += 1000.0
     assert b.planned_steps(5, eval_every=1) == 6  # at least one more step
     assert budget(minutes=None)[0].planned_steps(5, 1) is None
+
+
+def test_a_last_partial_epoch_is_not_charged_for_an_evaluation_it_never_runs():
+    b, clock = budget(minutes=1.0, train_batches=100)
+    b.eval_batch_seconds = 0.5  # an evaluation: 2 s, a final reserve of 2 s
+    for _ in range(PLAN_AFTER_STEPS):
+        b.record_step(1.0)
+    clock.now += 49.0  # 9 s left after the reserve, just after the evaluation at step 100
+    assert b.planned_steps(100, eval_every=1) == 100 + 9  # not 9 / (1 + 2/100) -> 8
+    clock.now -= 100.0  # 109 s left: the steps reach the boundary at 200, which costs an evaluation
+    assert b.planned_steps(100, eval_every=1) == 100 + 107  # 107 steps + one evaluation = 109 s
 
 
 def test_bn_batches_fit_the_time_left():

@@ -20,7 +20,7 @@ from minisegnet.backend import device_of, to_device, to_numpy
 from minisegnet.gradcheck import check_module
 from minisegnet.layers import conv as conv_module
 from minisegnet.layers.conv import ALGORITHMS, Conv2d
-from minisegnet.layers.conv_tiling import output_tiles, plan_output_tiles, plan_tiling
+from minisegnet.layers.conv_tiling import equal_blocks, flat_windows, output_tiles, plan_output_tiles, plan_tiling
 
 from conv_helpers import assert_results_close as assert_close, definition, run, torch_conv
 from conv_helpers import make_conv as _make_conv
@@ -222,6 +222,44 @@ def test_max_block_columns_cuts_the_flat_blocks(rng):
         conv = make_conv(c, o, k, padding=p, algorithm=algorithm)
         conv.min_block_columns, conv.max_block_columns = 1, 7
         assert_close(run(conv, x, dy), definition(conv, x, dy), algorithm)
+
+
+def test_equal_blocks():
+    assert equal_blocks(0, 10, None) == [(0, 10)]
+    assert equal_blocks(5, 9, 4) == [(5, 9)]
+    assert equal_blocks(0, 10, 4) == [(0, 4), (4, 8), (8, 10)]  # the fewest blocks of at most 4
+    assert equal_blocks(100, 107, 3) == [(100, 103), (103, 106), (106, 107)]
+
+
+def test_flat_windows_copy_each_stretch_once_and_multiply_it_in_short_blocks(rng, monkeypatch):
+    """One stacked copy per stretch (the budget); its blocks of at most max_block columns are views of it."""
+    from minisegnet.layers import conv_tiling
+    copies = []
+    take = conv_tiling.WORKSPACE.take
+
+    def counted_take(like, role, shape, dtype=None):
+        copies.append((role, shape))
+        return take(like, role, shape, dtype)
+
+    monkeypatch.setattr(conv_tiling.WORKSPACE, "take", counted_take)
+    rows, kh, kw, wp = 3, 3, 3, 10
+    halo = (kh - 1) * wp
+    src = rng.standard_normal((rows, 200))
+    ranges = [(0, 70), (100, 165)]
+    budget = kw * rows * src.itemsize * (40 + halo)  # room for a stretch of 40 columns per copy
+    covered = {}
+    for start, stop, i, j0, gg, cols in flat_windows(src, (kh, kw), wp, ranges, budget, min_block=1, max_block=15):
+        assert gg == kw and j0 == 0 and 0 < stop - start <= 15
+        for jj in range(gg):  # the stacked rows are the source under offset (i, jj); valid until the next step
+            np.testing.assert_array_equal(cols[jj * rows : (jj + 1) * rows],
+                                          src[:, start + i * wp + jj : stop + i * wp + jj])
+        covered.setdefault(i, []).append((start, stop))
+    # the budget's 40 columns cut each range into equal stretches of 35 (the second range: 35 + 30) ...
+    for i in range(kh):  # ... and every kernel row sees every column once, in order, in blocks of <= 15
+        assert covered[i] == [(0, 12), (12, 24), (24, 35), (35, 47), (47, 59), (59, 70),
+                              (100, 112), (112, 124), (124, 135), (135, 150), (150, 165)]
+    # one copy per stretch, each with the halo, not one per block
+    assert copies == [("conv.shifted", (kw, rows, 35 + halo))] * 3 + [("conv.shifted", (kw, rows, 30 + halo))]
 
 
 # -- contiguous GEMM operands (what CuPy needs) ---------------------------------------------

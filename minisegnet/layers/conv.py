@@ -80,10 +80,12 @@ A GEMM with inner dimension C = 64 runs well below BLAS peak, so the horizontal 
 a kernel row are copied once, stacked, and serve every kernel row as a view: a 7×7 layer
 runs 7 GEMMs of inner dimension 7·C instead of 49 of inner dimension C.  The copy is capped
 by ``max_workspace_bytes`` (0: nothing is stacked); :mod:`~minisegnet.layers.conv_tiling`
-plans it, and :mod:`minisegnet.workspace` keeps the scratch arrays between calls.  The
-columns are cut into blocks of at most ``max_block_columns`` (2048): each kernel row's
-product is added into the output once more, and a block that short keeps the product and
-the sum it goes into in the core's cache, so those k-1 additions cost little.
+plans it, and :mod:`minisegnet.workspace` keeps the scratch arrays between calls.  One copy
+serves as many columns as the budget allows (the lower kernel rows read past its end, so
+each copy repeats that reach); its columns are multiplied in blocks of at most
+``max_block_columns`` (2048), views of the copy: each kernel row's product is added into
+the output once more, and a block that short keeps the product and the sum it goes into
+in the core's cache, so those k-1 additions cost little.
 
 Tiled im2col: contiguous GEMM operands, one deep GEMM
 -----------------------------------------------------
@@ -272,8 +274,9 @@ class Conv2d(Module):
     #: The shortest block of output columns the budget may cut the GEMMs into before
     #: fewer offsets are stacked instead (very short blocks mean short, slow GEMMs).
     min_block_columns: int = 1024
-    #: The longest block of output columns (stride-1 algorithms): one block's products
-    #: stay in cache (:mod:`~minisegnet.layers.conv_tiling`).  None: as long as the budget allows.
+    #: The longest block of output columns per GEMM (stride-1 algorithms): one block's
+    #: products stay in cache (:mod:`~minisegnet.layers.conv_tiling`); the stacked copy it
+    #: reads is as long as the budget allows.  None: blocks as long as the copies.
     max_block_columns: int | None = 2048
     #: The most output positions (columns) per tile of "tiled-im2col" on the CPU
     #: (:func:`~minisegnet.layers.conv_tiling.plan_output_tiles`; reasons: module docstring).
@@ -531,8 +534,8 @@ class Conv2d(Module):
         grid = n * hp * wp
         lead = (kh - 1) * wp + (kw - 1)  # zero columns before dy: t - s_ij never goes negative
         dy_grid = WORKSPACE.take(padded, "conv.dy_grid", (o, lead + grid))
-        dy_grid[...] = 0  # zero at the cropped positions and in the lead
-        dy_grid[:, lead:].reshape(o, n, hp, wp)[:, :, :ho, :wo] = dy.transpose(1, 0, 2, 3)
+        dy_grid[:, :lead] = 0
+        _embed_on_grid(dy, dy_grid[:, lead:].reshape(o, n, hp, wp))
         # dx (and the dW sum) is needed in each image from its first row of real pixels to its last
         # real pixel: the rest is padding, cropped from dx and zero in x
         h, w = self._input_shape[2], self._input_shape[3]
@@ -584,8 +587,7 @@ class Conv2d(Module):
         if flat:  # dy on the padded grid, zero at the cropped positions
             grid = n * hp * wp
             dy_grid = WORKSPACE.take(padded, "conv.dy_grid", (o, grid))
-            dy_grid[...] = 0
-            dy_grid.reshape(o, n, hp, wp)[:, :, :ho, :wo] = dy.transpose(1, 0, 2, 3)
+            _embed_on_grid(dy, dy_grid.reshape(o, n, hp, wp))
             dy_cols = dy_grid
             ranges = image_ranges(n, hp * wp, 0, (ho - 1) * wp + wo)  # as in the forward
             windows = flat_windows(padded.reshape(c, grid), self.kernel_size, wp, ranges,
@@ -693,6 +695,18 @@ class Conv2d(Module):
                 scatter_tile(cols, self.kernel_size, self.stride, tile, wo, dx_pad)
         dw = dw_mat_t.reshape(kh, kw, c, o).transpose(3, 2, 0, 1) if need_dw else None
         return (dx_pad if need_dx else None), dw
+
+
+def _embed_on_grid(dy, grid):
+    """``grid`` (O, N, Hp, Wp) <- ``dy`` (N, O, Ho, Wo) channel-major in its top-left corner, zero elsewhere.
+
+    Only the cropped positions are zeroed (not the whole grid first): one pass less over
+    an output-sized array per backward.
+    """
+    ho, wo = dy.shape[2], dy.shape[3]
+    grid[:, :, :ho, wo:] = 0
+    grid[:, :, ho:] = 0
+    grid[:, :, :ho, :wo] = dy.transpose(1, 0, 2, 3)
 
 
 def _matmul_into(xp, a, b, out):

@@ -17,18 +17,21 @@ reordered to match (:func:`row_weights`).  The buffer holds ``g`` shifted copies
 input: ``1/kh`` of an im2col matrix when ``g = kw``; ``g = 1`` copies nothing (the shifted
 views are multiplied directly).
 
-Blocks of columns (the budget)
-------------------------------
-The output columns are cut into equal *blocks*, each computed from its own stacked copy
-(the block plus the ``halo = (kh-1)·Wp`` columns the lower kernel rows reach): the GEMMs
-keep their depth g·C and only get shorter.  Shorter is also *faster*, up to a point: a
-block of about ``Conv2d.max_block_columns`` (2048) columns keeps one GEMM's output (O ×
-block) and the product it is added to in the core's L2 cache, so the k-1 additions of
-the kernel rows' products run from cache instead of main memory, and OpenBLAS's packed
-panels of the long operand are reused while still cached.  Longer blocks only save the
-halo's extra copying.  The buffer is capped by ``Conv2d.max_workspace_bytes``; when even
-a block of ``Conv2d.min_block_columns`` would not fit, ``g`` shrinks, in groups of equal
-size (room for 5 of 7 offsets gives 4 + 3, not 5 + 2).  Measurements: ``BENCHMARKS.md``.
+Stretches and blocks of columns (the budget)
+--------------------------------------------
+The output columns are copied in *stretches*: each stretch gets its own stacked copy (the
+stretch plus the ``halo = (kh-1)·Wp`` columns the lower kernel rows reach), as long as
+``Conv2d.max_workspace_bytes`` allows, so that the halo is copied as rarely as possible.
+The GEMMs keep their depth g·C.  Each stretch is then multiplied in *blocks* of at most
+``Conv2d.max_block_columns`` (2048) columns, views of the same copy: a block that short
+keeps one GEMM's output (O × block) and the product it is added to in the core's L2
+cache, so the k-1 additions of the kernel rows' products run from cache instead of main
+memory, and OpenBLAS's packed panels of the long operand are reused while still cached.
+(Until 2026-12-01 each block had its own copy: with 2048-column blocks and a 1,482-column
+halo, that copied the input 1.7 times per stacked shift instead of about once.)  When even
+a stretch of ``Conv2d.min_block_columns`` would not fit the budget, ``g`` shrinks, in
+groups of equal size (room for 5 of 7 offsets gives 4 + 3, not 5 + 2).  Measurements:
+``BENCHMARKS.md``.
 
 Both window generators yield ``(start, stop, i, j0, gg, cols)`` for kernel row ``i`` and
 the offsets ``j0 .. j0+gg-1``: ``cols`` (gg·rows, stop - start) holds the source under
@@ -50,7 +53,7 @@ from __future__ import annotations
 
 from ..workspace import WORKSPACE
 
-__all__ = ["plan_tiling", "row_weights", "image_ranges", "flat_windows", "gathered_windows", "plan_output_tiles",
+__all__ = ["plan_tiling", "row_weights", "image_ranges", "flat_windows", "equal_blocks", "gathered_windows", "plan_output_tiles",
            "output_tiles", "gather_tile", "scatter_tile"]
 
 
@@ -98,33 +101,48 @@ def flat_windows(src, kernel_size, row_stride: int, ranges, max_bytes: int, min_
                  copy: bool = True, max_block: int | None = None):
     """Stride 1: the columns ``ranges`` ((first, stop) pairs) of the flat padded grid ``src``, as stacked views.
 
-    Offset (i, j) starts ``i·row_stride + j`` columns later.  The columns of each range come
-    in blocks so that the stacked copy fits ``max_bytes`` without making the GEMMs
-    shallower.  ``copy=False`` yields the same tiling with ``cols = None`` (for a caller
-    that only needs the positions, such as a backward whose weight is frozen).
+    Offset (i, j) starts ``i·row_stride + j`` columns later.  Each range is copied in
+    *stretches*, as long as ``max_bytes`` allows without making the GEMMs shallower; each
+    stretch's stacked copy then serves its GEMM *blocks* of at most ``max_block`` columns
+    (equal blocks, None: one block per stretch), all of them views.  ``copy=False`` yields
+    the same tiling with ``cols = None`` (for a caller that only needs the positions, such
+    as a backward whose weight is frozen).
     """
     rows = src.shape[0]
     kh, kw = kernel_size
     halo = (kh - 1) * row_stride  # the lower kernel rows read this many columns further
     longest = max(stop - first for first, stop in ranges)
-    g, block = plan_tiling(kw, rows, longest, halo, src.dtype.itemsize, max_bytes, min_block, max_block)
-    for start, stop in ((start, min(last, start + block)) for first, last in ranges
-                        for start in range(first, last, block)):
-        span = stop - start + halo  # one horizontal shift of the block, long enough for every kernel row
-        for j0 in range(0, kw, g):
-            gg = min(g, kw - j0)
-            if not copy:
-                stacked = None
-            elif gg > 1:  # copy the gg horizontal shifts once, stacked: (gg·rows, span)
-                stacked = WORKSPACE.take(src, "conv.shifted", (gg, rows, span))
-                for jj in range(gg):
-                    stacked[jj] = src[:, start + j0 + jj : start + j0 + jj + span]
-                stacked = stacked.reshape(gg * rows, span)
-            else:  # one shift: a view of src itself, nothing copied
-                stacked = src[:, start + j0 : start + j0 + span]
-            for i in range(kh):  # kernel row i is the same data i·Wp columns later: a view
-                cols = None if stacked is None else stacked[:, i * row_stride : i * row_stride + stop - start]
-                yield start, stop, i, j0, gg, cols
+    g, stretch = plan_tiling(kw, rows, longest, halo, src.dtype.itemsize, max_bytes, min_block)
+    for first, last in ranges:
+        for s0 in range(first, last, stretch):
+            s1 = min(last, s0 + stretch)
+            span = s1 - s0 + halo  # one horizontal shift of the stretch, long enough for every kernel row
+            blocks = equal_blocks(s0, s1, max_block)
+            for j0 in range(0, kw, g):
+                gg = min(g, kw - j0)
+                if not copy:
+                    stacked = None
+                elif gg > 1:  # copy the gg horizontal shifts once, stacked: (gg·rows, span)
+                    stacked = WORKSPACE.take(src, "conv.shifted", (gg, rows, span))
+                    for jj in range(gg):
+                        stacked[jj] = src[:, s0 + j0 + jj : s0 + j0 + jj + span]
+                    stacked = stacked.reshape(gg * rows, span)
+                else:  # one shift: a view of src itself, nothing copied
+                    stacked = src[:, s0 + j0 : s0 + j0 + span]
+                for start, stop in blocks:
+                    for i in range(kh):  # kernel row i is the same data i·Wp columns later: a view
+                        offset = start - s0 + i * row_stride
+                        cols = None if stacked is None else stacked[:, offset : offset + stop - start]
+                        yield start, stop, i, j0, gg, cols
+
+
+def equal_blocks(first: int, stop: int, max_block: int | None) -> list[tuple[int, int]]:
+    """``first .. stop-1`` cut into the fewest equal blocks of at most ``max_block`` columns (None: one block)."""
+    if max_block is None or stop - first <= max_block:
+        return [(first, stop)]
+    count = -(-(stop - first) // max(max_block, 1))
+    size = -(-(stop - first) // count)
+    return [(start, min(stop, start + size)) for start in range(first, stop, size)]
 
 
 def gathered_windows(padded, kernel_size, stride, ho: int, wo: int, max_bytes: int, copy: bool = True):
