@@ -530,7 +530,6 @@ class Conv2d(Module):
         """
         c, n, hp, wp = padded.shape
         o, (kh, kw), (ph, pw) = self.out_channels, self.kernel_size, self.padding
-        ho, wo = dy.shape[2], dy.shape[3]
         grid = n * hp * wp
         lead = (kh - 1) * wp + (kw - 1)  # zero columns before dy: t - s_ij never goes negative
         dy_grid = WORKSPACE.take(padded, "conv.dy_grid", (o, lead + grid))
