@@ -2,13 +2,12 @@
 
     python -m benchmarks.profile_step                              # SegNet-Basic, 4×3×180×240
     python -m benchmarks.profile_step --model segnet --batch 2
-    python -m benchmarks.profile_step --allocator system           # the C library's default policy
     python -m benchmarks.profile_step --quick                      # tiny shapes: a smoke run
 
 ``benchmarks.run`` times each layer shape in isolation, where its arrays are warm and its
 scratch is reused call after call.  Inside a step they are not: a layer's output is a new
-array, the step's other layers have evicted the caches, and the memory a layer frees may
-go back to the operating system before the next asks for it.  So the layer rows of the
+array (fresh pages from the operating system for every map above glibc's mmap threshold),
+and the step's other layers have evicted the caches.  So the layer rows of the
 harness can sum to less than the step.  This tool measures the step itself: it wraps the
 ``forward`` and ``backward`` of every leaf layer of the model (and the loss) with a timer
 and a count of the process's minor page faults (``getrusage``), runs ``--warmup`` untimed
@@ -134,7 +133,8 @@ def markdown(result: dict, top: int = 8) -> str:
         per_layer[name][0 if method == "forward" else 1] += seconds
         per_layer[name][2] += result["layer_faults"][(name, method)]
     largest = sorted(per_layer.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:top]
-    layers = ["| layer | type | forward ms | backward ms | share of the step | page faults |", "|---|---|---|---|---|---|"]
+    layers = ["| layer | type | forward ms | backward ms | share of the step | page faults |",
+              "|---|---|---|---|---|---|"]
     for name, (fwd, bwd, faults) in largest:
         layers.append(f"| `{name}` | {result['kinds'][name]} | {_ms(fwd)} | {_ms(bwd)} | {(fwd + bwd) / step:.1%} "
                       f"| {faults:.0f} |")
@@ -152,8 +152,6 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, help="NumPy's BLAS threads (default: what the BLAS has)")
-    parser.add_argument("--allocator", default="keep-freed", choices=("keep-freed", "system"),
-                        help="as in benchmarks.run (default keep-freed, the minisegnet command's policy)")
     parser.add_argument("--quick", action="store_true", help="32x48, batch 2, SegNet at width 0.25, one repeat")
     args = parser.parse_args(argv)
     try:
@@ -172,9 +170,6 @@ def parse_args(argv):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    from benchmarks.run import apply_allocator
-
-    allocator = apply_allocator(args.allocator)
     blas = machine.numpy_blas()
     if args.threads is not None:
         blas.set_threads(args.threads)
@@ -185,8 +180,8 @@ def main(argv=None) -> int:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"Measured with `python -m benchmarks.profile_step {' '.join(argv)}` on {machine.cpu_model()}, "
           f"{machine.usable_cores()} usable cores, NumPy with {blas_record.get('name')} (kernel "
-          f"{blas_record.get('kernel') or '?'}, threads: {blas_record.get('threads') or '?'}); allocator: "
-          f"{allocator['why']}; load average {[round(v, 2) for v in load] if load else '?'} at the end.\n")
+          f"{blas_record.get('kernel') or '?'}, threads: {blas_record.get('threads') or '?'}); "
+          f"load average {[round(v, 2) for v in load] if load else '?'} at the end.\n")
     print(markdown(result))
     return 0
 

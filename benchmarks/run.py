@@ -26,9 +26,7 @@ at batch 2, 180×240, the step sizes of issue 11):
           ``torch.no_grad()``.
 
 Both sides run in this process, on the same arrays, with the same thread count, interleaved
-within each repeat (``harness/timing.py``), under one allocator policy (``--allocator``: by
-default glibc keeps freed blocks for reuse, as the ``minisegnet`` command does; see
-``minisegnet/allocator.py``); the tables give medians after ``--warmup``
+within each repeat (``harness/timing.py``); the tables give medians after ``--warmup``
 untimed calls, the ratio ours / PyTorch, the GFLOP/s of the convolutions (2 flops per
 multiply-add; fwd+bwd is 3× the forward, 2× for the first layer) and their fraction of
 this machine's SGEMM peak (``np.matmul`` of two large float32 squares, same threads), and,
@@ -75,7 +73,6 @@ from benchmarks.harness.memory import measure_in_subprocess  # noqa: E402
 from benchmarks.harness.report import Row, markdown, phase_entry, summarize, to_json  # noqa: E402
 from benchmarks.harness.shapes import record_layers  # noqa: E402
 from benchmarks.harness.timing import interleaved  # noqa: E402
-from minisegnet.allocator import keep_freed_memory  # noqa: E402
 from minisegnet.models import build_model  # noqa: E402
 
 SECTIONS = ("conv", "norm", "pool", "step", "eval")
@@ -84,8 +81,6 @@ DEFAULT_BATCH = {"segnet-basic": 4, "segnet": 2}
 QUICK = {"size": "32x48", "batch": "2", "repeats": 1, "warmup": 1, "sgemm_size": 256, "segnet_width": 0.25}
 DEFAULTS = {"size": "180x240", "batch": None, "repeats": 5, "warmup": 1, "sgemm_size": 2048, "segnet_width": 1.0}
 CUDA_SGEMM_SIZE = 8192
-#: ``--allocator``: "keep-freed" is what the ``minisegnet`` command runs with (minisegnet/allocator.py).
-ALLOCATORS = ("keep-freed", "system")
 
 
 def log(message: str) -> None:
@@ -146,9 +141,6 @@ def parse_args(argv):
     parser.add_argument("--tf32", action="store_true", help="let PyTorch use TF32 on the GPU (off by default)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time with the process's CPU time (steadier on a shared machine, with --threads 1)")
-    parser.add_argument("--allocator", default="keep-freed", choices=ALLOCATORS,
-                        help="keep-freed (default): glibc keeps freed blocks for reuse, as the minisegnet command "
-                             "does (minisegnet/allocator.py), for both sides; system: the C library's default")
     parser.add_argument("--no-torch", action="store_true", help="time minisegnet only")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--sgemm-size", type=int, help="n of the n×n SGEMM peak (default 2048; 8192 on CUDA)")
@@ -186,17 +178,8 @@ def _phases(times, flops_by_phase, peak) -> dict:
     return entries
 
 
-def apply_allocator(name: str) -> dict:
-    """Set this process's allocator policy (``--allocator``) before anything large is allocated; the record."""
-    if name == "system":
-        return {"asked": name, "in_effect": False, "why": "the C library's default"}
-    in_effect, why = keep_freed_memory()
-    return {"asked": name, "in_effect": in_effect, "why": why}
-
-
 def run(args) -> tuple[list[Row], list[dict], dict, dict]:
     started = time.perf_counter()
-    allocator = apply_allocator(args.allocator)
     cupy = None
     if args.device == "cuda":
         from minisegnet.backend import DeviceUnavailableError, import_cupy
@@ -246,7 +229,7 @@ def run(args) -> tuple[list[Row], list[dict], dict, dict]:
         "clock": "CPU (process_time)" if args.cpu_time else "wall-clock", "sections": args.only,
         "models": args.models, "size": [args.height, args.width], "batches": args.batches,
         "segnet_width": args.segnet_width, "optimizer": args.optimizer, "tf32": args.tf32, "quick": args.quick,
-        "sgemm_peak": peak, "allocator": allocator, "notes": notes,
+        "sgemm_peak": peak, "notes": notes,
     }
     if torch is not None:
         settings["torch_sgemm"] = machine.torch_sgemm(torch, args.sgemm_size, args.device, sync=peer.sync)
@@ -302,8 +285,7 @@ def run(args) -> tuple[list[Row], list[dict], dict, dict]:
             for side in ("ours", "torch") if torch is not None else ("ours",):
                 log(f"{row.model}: peak memory of the {row.section}, {side} (fresh process)")
                 result = measure_in_subprocess(side, row.model, row.section, row.shape[0], args.height, args.width,
-                                               args.device, threads, args.optimizer, args.segnet_width, args.tf32,
-                                               allocator=args.allocator)
+                                               args.device, threads, args.optimizer, args.segnet_width, args.tf32)
                 memory[f"{side}_peak_bytes"] = result.get("peak_bytes")
                 memory[f"{side}_method"] = result.get("method")
                 if "error" in result:

@@ -12,9 +12,7 @@ previous checkpoint is kept).  Ctrl-C and SIGTERM save ``last.npz`` at the step 
 the command that resumes (``minisegnet train --resume DIR``) and exit with status 130 and 143;
 checkpoints are written atomically, so an interrupted run leaves only complete files behind.
 Warnings of the library (a half-written last line in a run's log, say) are one line too:
-``minisegnet: warning: ...``.  As it starts, the command asks glibc's allocator to keep freed
-memory for the next array (:mod:`minisegnet.allocator`: no page faults after the first step),
-unless the environment sets that policy itself.
+``minisegnet: warning: ...``.
 
 Examples::
 
@@ -36,7 +34,6 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .allocator import keep_freed_memory
 from .backend import DeviceUnavailableError
 
 PROG = "minisegnet"
@@ -626,7 +623,6 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    keep_freed_memory()  # a program's choice, not the library's: minisegnet/allocator.py
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)

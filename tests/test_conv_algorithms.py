@@ -260,6 +260,12 @@ def test_flat_windows_copy_each_stretch_once_and_multiply_it_in_short_blocks(rng
                               (100, 112), (112, 124), (124, 135), (135, 150), (150, 165)]
     # one copy per stretch, each with the halo, not one per block
     assert copies == [("conv.shifted", (kw, rows, 35 + halo))] * 3 + [("conv.shifted", (kw, rows, 30 + halo))]
+    # max_stretch shortens the copies below what the budget allows: stretches of 18 (70 = 18 + 18 + 18 + 16)
+    copies.clear()
+    blocks = [(start, stop) for start, stop, i, *_ in flat_windows(src, (kh, kw), wp, ranges, budget, min_block=1,
+                                                                   copy=True, max_block=15, max_stretch=20) if i == 0]
+    assert [shape[2] - halo for _, shape in copies] == [18, 18, 18, 16, 18, 18, 18, 11]
+    assert blocks[:4] == [(0, 9), (9, 18), (18, 27), (27, 36)] and blocks[-1] == (154, 165)
 
 
 # -- contiguous GEMM operands (what CuPy needs) ---------------------------------------------

@@ -153,11 +153,11 @@ def measure(side: str, arch: str, mode: str, batch: int, height: int, width: int
 
 def measure_in_subprocess(side: str, arch: str, mode: str, batch: int, height: int, width: int, device: str,
                           threads: int | None, optimizer: str, segnet_width: float, tf32: bool,
-                          allocator: str = "keep-freed", timeout: float = 900) -> dict:
+                          timeout: float = 900) -> dict:
     """:func:`measure` in a fresh interpreter; a failure comes back as ``{"error": ...}``."""
     command = [sys.executable, "-m", "benchmarks.harness.memory", "--side", side, "--arch", arch, "--mode", mode,
                "--batch", str(batch), "--size", f"{height}x{width}", "--device", device, "--optimizer", optimizer,
-               "--segnet-width", str(segnet_width), "--allocator", allocator]
+               "--segnet-width", str(segnet_width)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     if threads:
@@ -187,12 +187,7 @@ def main(argv=None) -> int:
     parser.add_argument("--optimizer", default="sgd")
     parser.add_argument("--segnet-width", type=float, default=1.0)
     parser.add_argument("--tf32", action="store_true")
-    parser.add_argument("--allocator", choices=("keep-freed", "system"), default="keep-freed")
     args = parser.parse_args(argv)
-    if args.allocator == "keep-freed":  # the policy of the timing process (benchmarks.run --allocator)
-        from minisegnet.allocator import keep_freed_memory
-
-        keep_freed_memory()
     height, width = (int(v) for v in args.size.lower().split("x"))
     if args.threads and args.side == "ours":
         from benchmarks.harness.machine import set_blas_threads

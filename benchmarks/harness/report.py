@@ -172,19 +172,8 @@ def machine_paragraph(record: dict, settings: dict) -> str:
              f"interleaved repeats after {settings['warmup']} warm-up; git {record.get('git') or '?'}. "
              f"SGEMM peak ({peak['library']} matmul {peak['n']}×{peak['n']}): {peak['gflops']:.0f} GFLOP/s"
              + (f" (torch.mm: {settings['torch_sgemm']['gflops']:.0f})" if settings.get("torch_sgemm") else "")
-             + f". Allocator: {_allocator_text(settings)}. Environment: {_environment_text(record)}. "
-             f"Command: `{record['command']}`")
+             + f". Environment: {_environment_text(record)}. Command: `{record['command']}`")
     return text
-
-
-def _allocator_text(settings: dict) -> str:
-    allocator = settings.get("allocator")
-    if not allocator:
-        return "not recorded"
-    if allocator["asked"] == "system":
-        return "the C library's default (--allocator system)"
-    return (f"freed blocks kept for reuse ({allocator['why']})" if allocator["in_effect"]
-            else f"--allocator {allocator['asked']} asked, not in effect: {allocator['why']}")
 
 
 def _environment_text(record: dict) -> str:

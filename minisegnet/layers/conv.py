@@ -81,8 +81,8 @@ a kernel row are copied once, stacked, and serve every kernel row as a view: a 7
 runs 7 GEMMs of inner dimension 7·C instead of 49 of inner dimension C.  The copy is capped
 by ``max_workspace_bytes`` (0: nothing is stacked); :mod:`~minisegnet.layers.conv_tiling`
 plans it, and :mod:`minisegnet.workspace` keeps the scratch arrays between calls.  One copy
-serves as many columns as the budget allows (the lower kernel rows read past its end, so
-each copy repeats that reach); its columns are multiplied in blocks of at most
+serves up to ``max_copy_columns`` (8192) columns (the lower kernel rows read past its end,
+so each copy repeats that reach); its columns are multiplied in blocks of at most
 ``max_block_columns`` (2048), views of the copy: each kernel row's product is added into
 the output once more, and a block that short keeps the product and the sum it goes into
 in the core's cache, so those k-1 additions cost little.
@@ -275,9 +275,13 @@ class Conv2d(Module):
     #: fewer offsets are stacked instead (very short blocks mean short, slow GEMMs).
     min_block_columns: int = 1024
     #: The longest block of output columns per GEMM (stride-1 algorithms): one block's
-    #: products stay in cache (:mod:`~minisegnet.layers.conv_tiling`); the stacked copy it
-    #: reads is as long as the budget allows.  None: blocks as long as the copies.
+    #: products stay in cache (:mod:`~minisegnet.layers.conv_tiling`).  None: blocks as
+    #: long as the stacked copies.
     max_block_columns: int | None = 2048
+    #: The longest stretch of output columns one stacked copy serves ("flat-flipped",
+    #: "flat-scatter"), in blocks of ``max_block_columns``: long against the kernel's reach,
+    #: which every copy repeats.  None: as long as ``max_workspace_bytes`` allows.
+    max_copy_columns: int | None = 8192
     #: The most output positions (columns) per tile of "tiled-im2col" on the CPU
     #: (:func:`~minisegnet.layers.conv_tiling.plan_output_tiles`; reasons: module docstring).
     #: None, and on a GPU: as many as ``max_workspace_bytes`` allows.
@@ -453,7 +457,7 @@ class Conv2d(Module):
             out = y_grid
             windows = flat_windows(padded.reshape(c, grid), self.kernel_size, wp, ranges,
                                    self.max_workspace_bytes, self.min_block_columns,
-                                   max_block=self.max_block_columns)
+                                   max_block=self.max_block_columns, max_stretch=self.max_copy_columns)
             y_cnhw = y_grid.reshape(o, n, hp, wp)[:, :, :ho, :wo]  # the valid positions
         else:  # the same sum over gathered windows, M = N·Ho·Wo columns
             out = WORKSPACE.take(padded, "conv.y_grid", (o, n * ho * wo))
@@ -549,7 +553,7 @@ class Conv2d(Module):
         w_rows = {}
         dw_started = set()  # the (i, j0) blocks of dW written once already: later blocks add
         windows = flat_windows(dy_grid, self.kernel_size, wp, ranges, self.max_workspace_bytes, self.min_block_columns,
-                               max_block=self.max_block_columns)
+                               max_block=self.max_block_columns, max_stretch=self.max_copy_columns)
         for start, stop, i, j0, gg, dy_cols in windows:
             if need_dx:  # the forward's sum, run on dy with the flipped kernel
                 if j0 not in w_rows:
@@ -591,7 +595,7 @@ class Conv2d(Module):
             ranges = image_ranges(n, hp * wp, 0, (ho - 1) * wp + wo)  # as in the forward
             windows = flat_windows(padded.reshape(c, grid), self.kernel_size, wp, ranges,
                                    self.max_workspace_bytes, self.min_block_columns, copy=need_dw,
-                                   max_block=self.max_block_columns)
+                                   max_block=self.max_block_columns, max_stretch=self.max_copy_columns)
             if need_dx:
                 dx_flat = dx_pad.reshape(c, grid)
         else:

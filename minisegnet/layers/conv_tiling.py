@@ -20,18 +20,20 @@ views are multiplied directly).
 Stretches and blocks of columns (the budget)
 --------------------------------------------
 The output columns are copied in *stretches*: each stretch gets its own stacked copy (the
-stretch plus the ``halo = (kh-1)·Wp`` columns the lower kernel rows reach), as long as
-``Conv2d.max_workspace_bytes`` allows, so that the halo is copied as rarely as possible.
-The GEMMs keep their depth g·C.  Each stretch is then multiplied in *blocks* of at most
+stretch plus the ``halo = (kh-1)·Wp`` columns the lower kernel rows reach).  A stretch is
+at most ``Conv2d.max_copy_columns`` (8192) long and fits ``Conv2d.max_workspace_bytes``;
+the GEMMs keep their depth g·C.  Each stretch is then multiplied in *blocks* of at most
 ``Conv2d.max_block_columns`` (2048) columns, views of the same copy: a block that short
 keeps one GEMM's output (O × block) and the product it is added to in the core's L2
 cache, so the k-1 additions of the kernel rows' products run from cache instead of main
 memory, and OpenBLAS's packed panels of the long operand are reused while still cached.
-(Until 2026-12-01 each block had its own copy: with 2048-column blocks and a 1,482-column
-halo, that copied the input 1.7 times per stacked shift instead of about once.)  When even
-a stretch of ``Conv2d.min_block_columns`` would not fit the budget, ``g`` shrinks, in
-groups of equal size (room for 5 of 7 offsets gives 4 + 3, not 5 + 2).  Measurements:
-``BENCHMARKS.md``.
+Why the two lengths differ: the halo is copied once per stretch, so a stretch should be
+long against it (SegNet-Basic at 180×240: a 1,482-column halo, 1.18 copies of the input
+per stacked shift at 8192 columns, where one copy per 2048-column block made 1.72); and
+the copy should stay small enough to be read back from cache (7·64 rows × 9,674 columns
+is 17 MB).  When even a stretch of ``Conv2d.min_block_columns`` would not fit the budget,
+``g`` shrinks, in groups of equal size (room for 5 of 7 offsets gives 4 + 3, not 5 + 2).
+Measurements: ``BENCHMARKS.md``.
 
 Both window generators yield ``(start, stop, i, j0, gg, cols)`` for kernel row ``i`` and
 the offsets ``j0 .. j0+gg-1``: ``cols`` (gg·rows, stop - start) holds the source under
@@ -53,8 +55,8 @@ from __future__ import annotations
 
 from ..workspace import WORKSPACE
 
-__all__ = ["plan_tiling", "row_weights", "image_ranges", "flat_windows", "equal_blocks", "gathered_windows", "plan_output_tiles",
-           "output_tiles", "gather_tile", "scatter_tile"]
+__all__ = ["plan_tiling", "row_weights", "image_ranges", "flat_windows", "equal_blocks", "gathered_windows",
+           "plan_output_tiles", "output_tiles", "gather_tile", "scatter_tile"]
 
 
 def plan_tiling(kw: int, rows: int, length: int, halo: int, itemsize: int, max_bytes: int,
@@ -98,13 +100,14 @@ def image_ranges(images: int, image_columns: int, first: int, stop: int) -> list
 
 
 def flat_windows(src, kernel_size, row_stride: int, ranges, max_bytes: int, min_block: int,
-                 copy: bool = True, max_block: int | None = None):
+                 copy: bool = True, max_block: int | None = None, max_stretch: int | None = None):
     """Stride 1: the columns ``ranges`` ((first, stop) pairs) of the flat padded grid ``src``, as stacked views.
 
     Offset (i, j) starts ``i·row_stride + j`` columns later.  Each range is copied in
-    *stretches*, as long as ``max_bytes`` allows without making the GEMMs shallower; each
-    stretch's stacked copy then serves its GEMM *blocks* of at most ``max_block`` columns
-    (equal blocks, None: one block per stretch), all of them views.  ``copy=False`` yields
+    *stretches* of at most ``max_stretch`` columns (None: as long as ``max_bytes`` allows
+    without making the GEMMs shallower); each stretch's stacked copy then serves its GEMM
+    *blocks* of at most ``max_block`` columns (equal blocks, None: one block per stretch),
+    all of them views.  ``copy=False`` yields
     the same tiling with ``cols = None`` (for a caller that only needs the positions, such
     as a backward whose weight is frozen).
     """
@@ -112,7 +115,7 @@ def flat_windows(src, kernel_size, row_stride: int, ranges, max_bytes: int, min_
     kh, kw = kernel_size
     halo = (kh - 1) * row_stride  # the lower kernel rows read this many columns further
     longest = max(stop - first for first, stop in ranges)
-    g, stretch = plan_tiling(kw, rows, longest, halo, src.dtype.itemsize, max_bytes, min_block)
+    g, stretch = plan_tiling(kw, rows, longest, halo, src.dtype.itemsize, max_bytes, min_block, max_stretch)
     for first, last in ranges:
         for s0 in range(first, last, stretch):
             s1 = min(last, s0 + stretch)
