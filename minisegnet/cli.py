@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"also write last.npz every MINUTES within an epoch, so that a kill loses at most that "
                     f"much (default: {defaults.save_every:g}; 0: only at evaluations). Ctrl-C and SIGTERM save the "
                     "current step and print the command that resumes (exit 130 / 143)")
+    tr.add_argument("--eval-every", type=_positive_int, default=defaults.eval_every, metavar="EPOCHS",
+                    help=f"score the validation split every EPOCHS epochs (default: {defaults.eval_every}); the end of "
+                    "the run is always scored. At 360x480 one evaluation takes minutes on a CPU")
     tr.add_argument("--no-memory-check", action="store_true",
                     help="start even when the estimated memory of a training step exceeds the available memory")
     tr.add_argument("--recompute-bn", action=argparse.BooleanOptionalAction, default=defaults.recompute_bn,
@@ -434,7 +437,8 @@ def cmd_train(args) -> int:
         settings["width"] = TrainConfig.width
     config = TrainConfig(
         **settings, epochs=args.epochs, minutes=args.minutes, device=args.device, out_dir=out, resume=args.resume,
-        save_every=args.save_every, overwrite=args.overwrite, memory_check=not args.no_memory_check,
+        save_every=args.save_every, eval_every=args.eval_every, overwrite=args.overwrite,
+        memory_check=not args.no_memory_check,
     )
     return _run_training(config, progress=not args.quiet, given=given)
 

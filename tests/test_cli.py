@@ -5,6 +5,7 @@ subprocess to check what a user really sees: exit status, stderr, no traceback, 
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -264,3 +265,18 @@ def test_ctrl_c_exits_130_and_leaves_complete_checkpoints(tmp_path):
     assert f"resume with: minisegnet train --resume {out}" in err
     load_model(out / "last.npz")  # complete and loadable
     assert not list(out.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_eval_every_scores_every_nth_epoch_and_the_end(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *TINY_TRAIN, "--epochs", "3", "--eval-every", "2", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    scored = [r["epoch"] for r in records if "val_mean_iou" in r]
+    assert scored == [2, 3]  # epoch 2, then the end of the run (epoch 3), not epoch 1
+    assert load_model(out / "last.npz")[1]["train_config"]["eval_every"] == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_eval_every_must_be_a_positive_number_of_epochs(value, capsys):
+    assert main(["train", *TINY_TRAIN, "--epochs", "1", "--eval-every", value]) == 2
+    assert "--eval-every" in capsys.readouterr().err
