@@ -490,7 +490,7 @@ _TRAIN_SETTINGS = {
     "class_weight_power": ("class_weight_power", "--class-weight-power"),
     "class_weight_power_end": ("class_weight_power_end", "--class-weight-power-end"), "vgg16": ("vgg16", "--vgg16"),
     "preset": ("preset", "--preset"), "at_train_size": ("eval_at_train_size", "--at-train-size"),
-    "recompute_bn": ("recompute_bn", "--[no-]recompute-bn"),
+    "recompute_bn": ("recompute_bn", "--[no-]recompute-bn"), "eval_every": ("eval_every", "--eval-every"),
     "seed": ("seed", "--seed"),
     "synthetic": ("dataset", "--synthetic"), "data": ("dataset", "--data"),
     "train_limit": ("train_limit", "--train-limit"), "val_limit": ("val_limit", "--val-limit"),

@@ -274,6 +274,13 @@ def test_eval_every_scores_every_nth_epoch_and_the_end(tmp_path):
     scored = [r["epoch"] for r in records if "val_mean_iou" in r]
     assert scored == [2, 3]  # epoch 2, then the end of the run (epoch 3), not epoch 1
     assert load_model(out / "last.npz")[1]["train_config"]["eval_every"] == 2
+    # a bare resume goes on with the run's interval; --eval-every given with it decides
+    assert main(["train", "--resume", str(out), "--epochs", "4", "--quiet"]) == 0
+    assert load_model(out / "last.npz")[1]["train_config"]["eval_every"] == 2
+    assert main(["train", "--resume", str(out), "--epochs", "5", "--eval-every", "1", "--quiet"]) == 0
+    assert load_model(out / "last.npz")[1]["train_config"]["eval_every"] == 1
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "val_mean_iou" in r] == [2, 3, 4, 5]
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "x"])
