@@ -233,9 +233,9 @@ class TrainConfig:
 
         ``stored``, except the fields of :attr:`RESUMABLE_OVERRIDES`, which come from ``self``;
         but with no length given here (``epochs``, ``minutes``, ``max_steps`` all None) the
-        stored length is kept, with no ``data_dir`` the stored folder, and with ``recompute_bn``
-        or ``eval_every`` not in ``given`` the run's own choice (a preset's recomputation and a
-        run's evaluation interval survive a bare resume).
+        stored length is kept, with no ``data_dir`` the stored folder, with ``recompute_bn`` not in
+        ``given`` the run's own choice (a preset's recomputation survives a bare resume), and
+        with ``eval_every`` at its default and not in ``given`` the run's own interval.
         Neither config is changed; the result is not validated yet (call :meth:`validate`).
 
         ``given``: the fields the user set on purpose (a dict ``{field: label}``, e.g.
@@ -260,9 +260,10 @@ class TrainConfig:
         keep = set()
         if self.data_dir is None:
             keep.add("data_dir")  # the folder the run started with
-        for name in ("recompute_bn", "eval_every"):  # as the run planned them, unless given again
-            if name not in _labelled(given):
-                keep.add(name)
+        if "recompute_bn" not in _labelled(given):
+            keep.add("recompute_bn")  # as the run planned it, unless --[no-]recompute-bn says otherwise
+        if "eval_every" not in _labelled(given) and self.eval_every == TrainConfig.eval_every:
+            keep.add("eval_every")  # the run's own interval, unless another one is asked for
         if all(getattr(self, name) is None for name in _LENGTH):
             keep.update(_LENGTH)  # go on as the run was planned
         taken = {name: getattr(self, name) for name in self.RESUMABLE_OVERRIDES if name not in keep}

@@ -101,3 +101,12 @@ def test_save_every_is_minutes_or_zero(value):
     with pytest.raises(ValueError, match="save_every"):
         TrainConfig(epochs=1, save_every=value).validate()
     assert TrainConfig(epochs=1, save_every=0).validate().save_every == 0
+
+
+def test_a_resume_keeps_the_runs_evaluation_interval_unless_another_is_asked_for():
+    import dataclasses
+
+    stored = dataclasses.replace(stored_config(), eval_every=3)
+    assert TrainConfig(epochs=5).resumed(stored).eval_every == 3  # the default: the run's own
+    assert TrainConfig(epochs=5, eval_every=2).resumed(stored).eval_every == 2  # another one, asked for
+    assert TrainConfig(epochs=5).resumed(stored, given={"eval_every": "--eval-every"}).eval_every == 1  # typed
