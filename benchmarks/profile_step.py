@@ -124,7 +124,7 @@ def markdown(result: dict, top: int = 8) -> str:
     for kind, (fwd, bwd, faults, count) in sorted(by_kind.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
         lines.append(f"| {kind} | {count} | {_ms(fwd)} | {_ms(bwd)} | {_ms(fwd + bwd)} | {(fwd + bwd) / step:.1%} "
                      f"| {faults:.0f} |")
-    outside_faults = result["step_faults"] - sum(result["layer_faults"].values())
+    outside_faults = max(0.0, result["step_faults"] - sum(result["layer_faults"].values()))  # no "-0"
     lines.append(f"| outside the layers (zero_grad, optimizer) | | | | {_ms(step - inside)} | "
                  f"{(step - inside) / step:.1%} | {outside_faults:.0f} |")
     lines.append(f"| **the whole step** | | | | **{_ms(step)}** | 100% | {result['step_faults']:.0f} |")
