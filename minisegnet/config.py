@@ -127,6 +127,11 @@ PRESET_TARGETS = {
 }
 
 
+def _is_power(value) -> bool:
+    """Whether ``value`` can be the power of the class weights: a finite number >= 0 (not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < float("inf")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (saved in every checkpoint it writes).
@@ -316,7 +321,7 @@ class TrainConfig:
                 f"unknown loss_normalize {self.loss_normalize!r}: expected one of {', '.join(LOSS_NORMALIZATIONS)}"
             )
         power = self.class_weight_power
-        if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 <= power < float("inf"):
+        if not _is_power(power):
             raise ValueError(f"TrainConfig.class_weight_power: expected a number >= 0 (1: median-frequency weights, "
                              f"0: none, 0.5: their square root), got {power!r}")
         if not self.class_weights and power != DEFAULT_CLASS_WEIGHT_POWER:
@@ -324,7 +329,7 @@ class TrainConfig:
                              "off (--no-class-weights): drop one of the two")
         end = self.class_weight_power_end
         if end is not None:
-            if isinstance(end, bool) or not isinstance(end, (int, float)) or not 0 <= end < float("inf"):
+            if not _is_power(end):
                 raise ValueError(f"TrainConfig.class_weight_power_end: expected a number >= 0 (the power of the "
                                  f"class weights at the end of the run) or None, got {end!r}")
             if not self.class_weights or power == 0:

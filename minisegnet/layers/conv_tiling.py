@@ -107,9 +107,8 @@ def flat_windows(src, kernel_size, row_stride: int, ranges, max_bytes: int, min_
     *stretches* of at most ``max_stretch`` columns (None: as long as ``max_bytes`` allows
     without making the GEMMs shallower); each stretch's stacked copy then serves its GEMM
     *blocks* of at most ``max_block`` columns (equal blocks, None: one block per stretch),
-    all of them views.  ``copy=False`` yields
-    the same tiling with ``cols = None`` (for a caller that only needs the positions, such
-    as a backward whose weight is frozen).
+    all of them views.  ``copy=False`` yields the same tiling with ``cols = None`` (for a
+    caller that only needs the positions, such as a backward whose weight is frozen).
     """
     rows = src.shape[0]
     kh, kw = kernel_size
