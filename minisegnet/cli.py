@@ -77,6 +77,18 @@ def _size(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _scale_range(text: str) -> tuple:
+    """``"0.75,1.25"`` -> ``(0.75, 1.25)``: two finite numbers with 0 < LO <= HI (--scale-jitter)."""
+    parts = text.split(",")
+    try:
+        lo, hi = (float(part) for part in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        lo = hi = None
+    if lo is None or not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        raise argparse.ArgumentTypeError(f"expected LO,HI with 0 < LO <= HI, e.g. 0.75,1.25, got {text!r}")
+    return lo, hi
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -84,6 +96,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return value
 
 
@@ -181,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--size", type=_size, default=defaults.size, metavar="HxW",
                     help="training size, height x width (default: 180x240)")
     tr.add_argument("--crop", type=_size, default=None, metavar="HxW", help="random crop for training (default: none)")
+    tr.add_argument("--scale-jitter", type=_scale_range, default=None, metavar="LO,HI",
+                    help="random scale jitter for training, e.g. 0.75,1.25: each pair is rescaled by a factor in "
+                         "[LO, HI) (labels by nearest neighbour), then cropped, or padded with void, back to the "
+                         "crop or training size (default: none)")
     tr.add_argument("--flip", action=argparse.BooleanOptionalAction, default=defaults.flip,
                     help="random horizontal flips (default: yes)")
     tr.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
@@ -197,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="L2 weight decay (default: 0 for adam, 5e-4 for sgd)")
     tr.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
                     help=f"learning-rate schedule, stepped every iteration (default: {defaults.schedule})")
+    tr.add_argument("--warmup", type=_non_negative_int, default=defaults.warmup_steps, metavar="STEPS",
+                    help="linear warm-up: the learning rate rises from lr/STEPS to lr over the first STEPS steps, "
+                    "then follows --schedule (default: 0, none)")
     tr.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=defaults.class_weights,
                     help="median-frequency class balancing of the loss (default: yes)")
     tr.add_argument("--class-weight-power", type=_non_negative("a number"), default=defaults.class_weight_power,
@@ -457,9 +486,10 @@ def _train_settings(args, given: dict) -> dict:
     settings = dict(
         model=args.model, width=args.width, channels=args.channels,
         kernel_size=args.kernel_size, dataset="synthetic" if args.synthetic else "camvid", data_dir=args.data,
-        size=args.size, crop=args.crop, flip=args.flip, batch_size=args.batch_size, optimizer=args.optimizer,
+        size=args.size, crop=args.crop, scale_jitter=args.scale_jitter, flip=args.flip, batch_size=args.batch_size,
+        optimizer=args.optimizer,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-        class_weights=args.class_weights, class_weight_power=args.class_weight_power,
+        warmup_steps=args.warmup, class_weights=args.class_weights, class_weight_power=args.class_weight_power,
         class_weight_power_end=args.class_weight_power_end, vgg16=args.vgg16,
         seed=args.seed, recompute_bn=args.recompute_bn, eval_at_train_size=args.at_train_size,
         train_limit=args.train_limit, val_limit=args.val_limit, preset=args.preset,
@@ -483,10 +513,11 @@ def _train_settings(args, given: dict) -> dict:
 _TRAIN_SETTINGS = {
     "model": ("model", "--model"), "width": ("width", "--width"), "channels": ("channels", "--channels"),
     "kernel_size": ("kernel_size", "--kernel-size"), "size": ("size", "--size"), "crop": ("crop", "--crop"),
-    "flip": ("flip", "--[no-]flip"), "batch_size": ("batch_size", "--batch-size"),
+    "scale_jitter": ("scale_jitter", "--scale-jitter"), "flip": ("flip", "--[no-]flip"),
+    "batch_size": ("batch_size", "--batch-size"),
     "optimizer": ("optimizer", "--optimizer"), "lr": ("lr", "--lr"), "momentum": ("momentum", "--momentum"),
     "weight_decay": ("weight_decay", "--weight-decay"), "schedule": ("schedule", "--schedule"),
-    "class_weights": ("class_weights", "--[no-]class-weights"),
+    "warmup": ("warmup_steps", "--warmup"), "class_weights": ("class_weights", "--[no-]class-weights"),
     "class_weight_power": ("class_weight_power", "--class-weight-power"),
     "class_weight_power_end": ("class_weight_power_end", "--class-weight-power-end"), "vgg16": ("vgg16", "--vgg16"),
     "preset": ("preset", "--preset"), "at_train_size": ("eval_at_train_size", "--at-train-size"),

@@ -144,7 +144,10 @@ class TrainConfig:
     when None) or ``"synthetic"`` (``synthetic_train``/``synthetic_val`` scenes of
     :class:`~minisegnet.data.SyntheticStreets`).  ``size`` is (H, W) or ``"HxW"``;
     ``train_limit``/``val_limit`` keep that many images, evenly spaced (quick runs).
-    ``flip``/``crop`` are the training augmentation (crop: (h, w) cut from the resized image).
+    ``flip``/``crop``/``scale_jitter`` are the training augmentation (crop: (h, w) cut from the
+    resized image; scale_jitter: (lo, hi), each training pair rescaled by a factor drawn in
+    [lo, hi), then cropped or padded with void back to the crop or image size, see
+    :class:`~minisegnet.data.TrainTransform`; None: no jitter).
 
     Length: ``epochs`` and/or ``minutes`` (the whole call's wall-time budget) and/or
     ``max_steps``; whichever comes first ends the run.  At least one must be given (a resumed
@@ -152,7 +155,8 @@ class TrainConfig:
 
     Optimisation: ``optimizer`` sgd | adam with ``lr``, ``momentum`` (SGD), ``weight_decay``;
     ``schedule`` none | step (lr × ``lr_gamma`` every ``lr_step_epochs``) | poly (power
-    ``poly_power``) | cosine, stepped every iteration; ``class_weights`` median-frequency
+    ``poly_power``) | cosine, stepped every iteration, after a linear warm-up over the first
+    ``warmup_steps`` steps (0: none; :func:`~minisegnet.schedule.warmup_factor`); ``class_weights`` median-frequency
     balancing, tempered by ``class_weight_power`` (weights ** P: 0.75 by default, 1 as SegNet,
     0 none, 0.5 the square root) and, when ``class_weight_power_end`` is given, annealed to that
     power over the schedule; ``loss_normalize`` "valid" (divide by the number of labelled pixels, as SegNet's
@@ -196,6 +200,7 @@ class TrainConfig:
     val_limit: int | None = None
     flip: bool = True
     crop: tuple | None = None
+    scale_jitter: tuple | None = None
     batch_size: int = 2
     epochs: int | None = None
     minutes: float | None = None
@@ -208,6 +213,7 @@ class TrainConfig:
     lr_step_epochs: int = 30
     lr_gamma: float = 0.1
     poly_power: float = 0.9
+    warmup_steps: int = 0
     class_weights: bool = True
     class_weight_power: float = DEFAULT_CLASS_WEIGHT_POWER
     class_weight_power_end: float | None = None
@@ -304,10 +310,16 @@ class TrainConfig:
             self.crop = parse_size(self.crop)
             if self.crop[0] > self.size[0] or self.crop[1] > self.size[1]:
                 raise ValueError(f"TrainConfig.crop {self.crop} is larger than the image size {self.size}")
+        if self.scale_jitter is not None:
+            self.scale_jitter = _scale_pair(self.scale_jitter)
         for name in ("batch_size", "synthetic_train", "synthetic_val", "eval_every", "lr_step_epochs"):
             positive_int(name)
         for name in ("epochs", "max_steps", "train_limit", "val_limit", "channels", "kernel_size"):
             positive_int(name, allow_none=True)
+        warmup = self.warmup_steps
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
+            raise ValueError(f"TrainConfig.warmup_steps: expected a whole number of steps >= 0 (0: no warm-up), "
+                             f"got {warmup!r}")
         if self.minutes is not None and not (isinstance(self.minutes, (int, float)) and self.minutes > 0):
             raise ValueError(f"TrainConfig.minutes: expected a positive number of minutes, got {self.minutes!r}")
         if self.epochs is None and self.minutes is None and self.max_steps is None:
@@ -396,7 +408,24 @@ class TrainConfig:
             config.size = tuple(config.size)
         if config.crop is not None:
             config.crop = tuple(config.crop)
+        if config.scale_jitter is not None:
+            config.scale_jitter = tuple(config.scale_jitter)
         return config
+
+
+def _scale_pair(value) -> tuple:
+    """``scale_jitter`` as ``(lo, hi)`` floats: finite, ``0 < lo <= hi``; ``ValueError`` naming the field otherwise."""
+    try:
+        lo, hi = value
+        ok = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                 for v in (lo, hi))
+        lo, hi = (float(lo), float(hi)) if ok else (None, None)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
+        raise ValueError(f"TrainConfig.scale_jitter: expected a pair (lo, hi) of finite numbers with 0 < lo <= hi, "
+                         f"e.g. (0.75, 1.25), or None, got {value!r}")
+    return lo, hi
 
 
 def _labelled(given) -> dict:
@@ -412,11 +441,19 @@ def _same_setting(name: str, a, b) -> bool:
             b = None if b is None else parse_size(b)
         except ValueError:
             return False
+    if name == "scale_jitter":
+        try:
+            a = None if a is None else _scale_pair(a)
+            b = None if b is None else _scale_pair(b)
+        except ValueError:
+            return False
     return a == b
 
 
 def _shown(value) -> str:
     """A setting as a user typed it: sizes as HxW."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, float) for v in value):
+        return f"{value[0]:g},{value[1]:g}"  # a scale jitter, as --scale-jitter takes it
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return f"{value[0]}x{value[1]}"
     return str(value)

@@ -54,7 +54,9 @@ class Progress:
         self.say(
             f"{config.model} ({parameters:,} parameters) on {config.dataset} "
             f"{train_images} train / {val_images} val images at {config.size[0]}x{config.size[1]}, "
-            f"{config.optimizer} lr {config.lr:g}, batch {config.batch_size}, "
+            f"{config.optimizer} lr {config.lr:g}"
+            + (f" after {config.warmup_steps} warm-up steps" if getattr(config, "warmup_steps", 0) else "")
+            + f", batch {config.batch_size}, "
             f"class weights {_weights_in_words(config) if class_weights else 'off'}, {length}, "
             f"device {config.device}, out {out_dir}"
             + (f"; resumed from {resumed[0]} at epoch {resumed[1]} step {resumed[2]}" if resumed else "")

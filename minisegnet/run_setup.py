@@ -101,7 +101,7 @@ def prepare_run(trainer, config: TrainConfig, given: dict | None, load_datasets=
         trainer.class_weights = tempered_class_weights(trainer.train_set, config)
     trainer.train_loader = BatchLoader(
         trainer.train_set, config.batch_size, shuffle=True, seed=config.seed,
-        transform=TrainTransform(size=None, flip=config.flip, crop=config.crop),
+        transform=TrainTransform(size=None, flip=config.flip, crop=config.crop, scale=config.scale_jitter),
         mean=trainer.mean, std=trainer.std, drop_last=len(trainer.train_set) > config.batch_size,
     )
     trainer.val_loader = BatchLoader(validation_scoring_set(trainer.val_set, config), config.batch_size,

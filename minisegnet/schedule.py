@@ -18,6 +18,11 @@ from it after a few steps (:meth:`minisegnet.budget.TimeBudget.planned_steps`).
 (``class_weight_power_end``, :func:`class_weight_power_at`): the power moves linearly from
 ``class_weight_power`` to ``class_weight_power_end`` over the same ``T`` steps.
 
+**A warm-up** (``warmup_steps`` W, :func:`warmup_factor`) multiplies whichever schedule's rate
+by ``(t + 1) / W`` for the first W steps (0-based step t): the first update takes ``lr / W``,
+the W-th the full rate.  It sits on top of the schedule rather than inside it, so it also holds
+for the few steps a time-budgeted run takes before its schedule is planned.
+
 **Where it stands**: the schedules are closed-form in the step count, so a resumed run needs
 only its step to be exactly where the interrupted one was (:func:`make_scheduler`).
 """
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 from .optim import CosineLR, PolyLR, StepLR
 
-__all__ = ["schedule_length", "make_scheduler", "planned_from_budget", "class_weight_power_at"]
+__all__ = ["schedule_length", "make_scheduler", "planned_from_budget", "class_weight_power_at", "warmup_factor"]
 
 
 def planned_from_budget(config) -> bool:
@@ -70,3 +75,19 @@ def class_weight_power_at(config, step: int, length: int | None) -> float:
     if end is None or not length:
         return start
     return start + (float(end) - start) * min(step / length, 1.0)
+
+
+def warmup_factor(config, step: int) -> float:
+    """The factor of the learning rate at ``step`` (0-based) during a linear warm-up.
+
+    ``min(1, (step + 1) / W)`` with ``W = config.warmup_steps`` (1 throughout when W is 0).  Why a
+    warm-up at all: the first updates are taken with Adam's second-moment estimate built from a
+    handful of gradients, and with BatchNorm's running statistics still at their initial values,
+    so a full-size step then moves the weights furthest on the least information; ramping the
+    rate over the first W steps (Goyal et al., 2017) lets both settle first.  Closed-form in the
+    step, like the schedule, so a run resumed inside its warm-up goes on exactly where it stopped.
+    """
+    steps = int(getattr(config, "warmup_steps", 0) or 0)
+    if steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / steps)

@@ -54,7 +54,7 @@ from .run_data import load_datasets
 from .run_folder import BEST, CHECKPOINT_KIND, FIGURE, LAST, LOG, json_ready  # noqa: F401
 from .run_folder import RunFolderWriteError, TrainResult, checkpoint_extra, run_result
 from .run_setup import INIT_STREAM as _INIT_STREAM, derived_seed as _derived_seed, prepare_run  # noqa: F401
-from .schedule import class_weight_power_at, make_scheduler, planned_from_budget
+from .schedule import class_weight_power_at, make_scheduler, planned_from_budget, warmup_factor
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "evaluate", "recompute_bn_statistics", "load_datasets",
            "evaluate_checkpoint", "predict_images", "TrainingDiverged", "TrainingInterrupted", "RunFolderWriteError",
@@ -193,11 +193,13 @@ class Trainer:
                 # the step's one read from the device: the loss and the gradient norm, together
                 loss, grad_sq = host_floats(loss, squared_gradient_norm_on_device(optimizer.params))
                 self._check_step(loss, grad_sq)  # before the update: a diverged step changes no weight
+                self._warm_up()
                 optimizer.step()
 
                 if self.scheduler is not None:
                     self.scheduler.step()
                 self.step += 1
+                self._warm_up()  # the next step's rate, as the log records it
                 self.batch += 1
                 self.budget.record_step(time.perf_counter() - started)
                 losses.append(loss)
@@ -228,6 +230,19 @@ class Trainer:
             return
         power = class_weight_power_at(config, self.step, self.schedule_steps)
         self.criterion.weight = self.class_weights ** (power / config.class_weight_power)
+
+    def _warm_up(self) -> None:
+        """Scale the scheduled learning rate of this step by the warm-up's factor (``warmup_steps``).
+
+        The schedule's rate at this step (``lr`` while no schedule is planned yet) times
+        :func:`~minisegnet.schedule.warmup_factor`; nothing to do once the warm-up is over, or
+        without one.
+        """
+        config = self.config
+        if not config.warmup_steps or self.step > config.warmup_steps:
+            return
+        scheduled = self.scheduler.lr if self.scheduler is not None else config.lr
+        self.optimizer.lr = scheduled * warmup_factor(config, self.step)
 
     def _save_due(self, steps_per_epoch: int) -> bool:
         """Whether ``save_every`` minutes have passed since the last save (and no evaluation save follows now)."""

@@ -110,6 +110,12 @@ USER_MISTAKES = {
     "resume from nothing": (["train", "--synthetic", "--epochs", "1", "--resume", "{tmp}/none.npz"], ["none.npz"]),
     "download into a used folder": (["download-camvid", "{used}"], ["not a complete CamVid folder"]),
     "cuda without a GPU": (["train", *TINY_TRAIN, "--epochs", "1", "--device", "cuda", "--out", "{tmp}/g"], ["cuda"]),
+    "scale jitter of one number": (["train", "--synthetic", "--epochs", "1", "--scale-jitter", "1.2"],
+                                   ["--scale-jitter", "LO,HI", "'1.2'"]),
+    "scale jitter not numbers": (["train", "--synthetic", "--epochs", "1", "--scale-jitter", "a,b"],
+                                 ["--scale-jitter", "LO,HI", "'a,b'"]),
+    "scale jitter backwards": (["train", "--synthetic", "--epochs", "1", "--scale-jitter", "1.25,0.75"],
+                               ["--scale-jitter", "0 < LO <= HI"]),
 }
 
 
@@ -287,3 +293,39 @@ def test_eval_every_scores_every_nth_epoch_and_the_end(tmp_path):
 def test_eval_every_must_be_a_positive_number_of_epochs(value, capsys):
     assert main(["train", *TINY_TRAIN, "--epochs", "1", "--eval-every", value]) == 2
     assert "--eval-every" in capsys.readouterr().err
+
+
+def test_scale_jitter_reaches_the_run_and_a_resume_keeps_it(tmp_path, capsys, monkeypatch):
+    import minisegnet.run_setup as run_setup
+    from minisegnet.data import TrainTransform
+
+    made = []
+
+    def recording(*args, **kwargs):  # the training loader's transform, as the run builds it
+        made.append(TrainTransform(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(run_setup, "TrainTransform", recording)
+    out = tmp_path / "run"
+    assert main(["train", *TINY_TRAIN, "--epochs", "1", "--scale-jitter", "0.75,1.25", "--out", str(out)]) == 0
+    assert [t.scale for t in made] == [(0.75, 1.25)]
+    assert load_model(out / "last.npz")[1]["train_config"]["scale_jitter"] == [0.75, 1.25]
+    capsys.readouterr()
+    # another value with --resume is refused, in one line naming the option, the value and the run's
+    rc = main(["train", "--resume", str(out), "--epochs", "2", "--scale-jitter", "0.8,1.2", "--quiet"])
+    assert_one_line_error(rc, capsys.readouterr().err, "--scale-jitter 0.8,1.2 (the run has 0.75,1.25)")
+    # the same value typed again, or none: the run goes on with its jitter
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--scale-jitter", "0.75,1.25", "--quiet"]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--quiet"]) == 0
+    assert [t.scale for t in made] == [(0.75, 1.25)] * 3
+    assert load_model(out / "last.npz")[1]["train_config"]["scale_jitter"] == [0.75, 1.25]
+
+
+def test_no_scale_jitter_by_default(tmp_path, monkeypatch):
+    import minisegnet.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_run_training", lambda config, progress, given=None: seen.append(config) or 0)
+    assert main(["train", *TINY_TRAIN, "--epochs", "1", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", *TINY_TRAIN, "--epochs", "1", "--out", str(tmp_path / "b"), "--scale-jitter=0.5,2"]) == 0
+    assert [c.scale_jitter for c in seen] == [None, (0.5, 2.0)]

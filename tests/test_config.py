@@ -110,3 +110,36 @@ def test_a_resume_keeps_the_runs_evaluation_interval_unless_another_is_asked_for
     assert TrainConfig(epochs=5).resumed(stored).eval_every == 3  # the default: the run's own
     assert TrainConfig(epochs=5, eval_every=2).resumed(stored).eval_every == 2  # another one, asked for
     assert TrainConfig(epochs=5).resumed(stored, given={"eval_every": "--eval-every"}).eval_every == 1  # typed
+
+
+# -- scale jitter --------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [(0, 1), (1.2, 0.8), (float("nan"), 1), (0.75, 1.0, 1.25), (1, float("inf")), 1.0,
+                                 "0.75,1.25", (True, 1)])
+def test_scale_jitter_is_validated(bad):
+    with pytest.raises(ValueError, match=r"TrainConfig\.scale_jitter: expected a pair \(lo, hi\) of finite numbers "
+                                         r"with 0 < lo <= hi.*got"):
+        TrainConfig(epochs=1, scale_jitter=bad).validate()
+
+
+def test_scale_jitter_is_stored_as_floats_and_survives_the_checkpoints_dict():
+    assert TrainConfig(epochs=1).validate().scale_jitter is None
+    config = stored_config(scale_jitter=[1, 1.25])  # a list of numbers, as JSON gives it back
+    assert config.scale_jitter == (1.0, 1.25) and all(isinstance(v, float) for v in config.scale_jitter)
+    saved = config.to_dict()
+    assert saved["scale_jitter"] == [1.0, 1.25]
+    again = TrainConfig.from_dict(saved)
+    assert again == config and again.scale_jitter == (1.0, 1.25)
+    assert TrainConfig.from_dict({k: v for k, v in saved.items() if k != "scale_jitter"}).scale_jitter is None  # older
+
+
+def test_a_resume_keeps_the_scale_jitter_and_refuses_another():
+    assert "scale_jitter" not in TrainConfig.RESUMABLE_OVERRIDES
+    stored = stored_config(scale_jitter=(0.75, 1.25))
+    assert TrainConfig(epochs=5).resumed(stored).scale_jitter == (0.75, 1.25)  # a bare resume keeps it
+    label = {"scale_jitter": "--scale-jitter"}
+    with pytest.raises(ValueError, match=r"--scale-jitter 0.8,1.2 \(the run has 0.75,1.25\)"):
+        TrainConfig(epochs=5, scale_jitter=(0.8, 1.2)).resumed(stored, given=label)
+    with pytest.raises(ValueError, match=r"--scale-jitter None \(the run has 0.75,1.25\)"):
+        TrainConfig(epochs=5).resumed(stored, given=label)
+    same = TrainConfig(epochs=5, scale_jitter=[0.75, 1.25]).resumed(stored, given=label)  # the same value: goes on
+    assert same.scale_jitter == (0.75, 1.25)

@@ -340,6 +340,67 @@ def test_bad_annealing_is_refused(settings, fragment):
         TrainConfig(epochs=1, **settings).validate()
 
 
+# -- learning-rate warm-up -------------------------------------------------------------------------
+def test_the_warmup_factor_rises_linearly_then_stays_at_one():
+    from minisegnet.schedule import warmup_factor
+
+    config = TrainConfig(epochs=1, warmup_steps=4)
+    assert [warmup_factor(config, t) for t in range(7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
+    assert warmup_factor(TrainConfig(epochs=1), 0) == 1.0  # no warm-up: the schedule's rate from the first step
+
+
+def _rates_used(trainer):
+    """Run ``trainer`` and return the learning rate of each update, as the optimizer took it."""
+    used, step = [], trainer.optimizer.step
+
+    def recording():
+        used.append(trainer.optimizer.lr)
+        return step()
+
+    trainer.optimizer.step = recording
+    trainer.fit()
+    return used
+
+
+def _warm_run(tmp_path, name, **settings):
+    config = TrainConfig(**{**TINY, "dataset": "synthetic", "synthetic_train": 8, "synthetic_val": 4, "epochs": 3,
+                            "out_dir": str(tmp_path / name), **settings})
+    return Trainer(config, progress=False)
+
+
+def test_a_warmup_scales_the_first_steps_of_the_schedule(tmp_path):
+    warm = _rates_used(_warm_run(tmp_path, "warm", warmup_steps=4))
+    plain = _rates_used(_warm_run(tmp_path, "plain"))
+    total = len(plain)
+    poly = [1e-3 * (1 - t / total) ** 0.9 for t in range(total)]  # the default schedule, written out
+    assert len(warm) == total >= 6
+    np.testing.assert_allclose(plain, poly, rtol=1e-12)
+    np.testing.assert_allclose(warm, [poly[t] * min(1.0, (t + 1) / 4) for t in range(total)], rtol=1e-12)
+    assert warm[0] < warm[1] < warm[2] < warm[3] and warm[4:] == plain[4:]
+
+
+def test_a_warmup_also_holds_without_a_schedule(tmp_path):
+    used = _rates_used(_warm_run(tmp_path, "none", schedule="none", warmup_steps=3, lr=2e-3))
+    np.testing.assert_allclose(used[:4], [2e-3 / 3, 4e-3 / 3, 2e-3, 2e-3], rtol=1e-12)
+    assert set(used[3:]) == {2e-3}
+
+
+def test_a_run_resumed_inside_its_warmup_goes_on_where_it_stopped(tmp_path):
+    whole = _rates_used(_warm_run(tmp_path, "whole", warmup_steps=5))
+    first = _rates_used(_warm_run(tmp_path, "split", warmup_steps=5, max_steps=2))
+    resumed = Trainer(TrainConfig(**TINY, out_dir=str(tmp_path / "split"), resume="auto", epochs=3), progress=False)
+    assert resumed.config.warmup_steps == 5  # the run's own warm-up
+    rest = _rates_used(resumed)
+    assert len(first) == 2 and len(first) + len(rest) == len(whole)
+    np.testing.assert_allclose(first + rest, whole, rtol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [-1, 2.5, True, "4"])
+def test_a_bad_warmup_is_refused(steps):
+    with pytest.raises(ValueError, match="TrainConfig.warmup_steps: expected a whole number of steps >= 0"):
+        TrainConfig(epochs=1, warmup_steps=steps).validate()
+
+
 TINY_CLI = ["--synthetic", "--channels", "8", "--kernel-size", "3", "--size", "32x48", "--batch-size", "2",
             "--train-limit", "4", "--val-limit", "2", "--quiet"]
 
@@ -382,6 +443,17 @@ def test_the_cli_passes_the_annealing_to_the_run(tmp_path, capsys):
     assert (saved.class_weight_power, saved.class_weight_power_end) == (0.75, 0.5)  # from the default power
     rc = cli.main(["train", *TINY_CLI, "--out", str(tmp_path / "run"), "--resume", "--class-weight-power-end", "0.25"])
     assert_one_line_error(rc, capsys.readouterr().err, "--class-weight-power-end 0.25 (the run has 0.5)")
+
+
+def test_the_cli_passes_the_warmup_to_the_run(tmp_path, capsys):
+    assert cli.main(["train", *TINY_CLI, "--epochs", "1", "--out", str(tmp_path / "run"), "--warmup", "3"]) == 0
+    capsys.readouterr()
+    saved = TrainConfig.from_dict(_extra(tmp_path / "run" / "last.npz")["train_config"])
+    assert saved.warmup_steps == 3
+    rc = cli.main(["train", *TINY_CLI, "--out", str(tmp_path / "run"), "--resume", "--warmup", "10"])
+    assert_one_line_error(rc, capsys.readouterr().err, "--warmup 10 (the run has 3)")
+    rc = cli.main(["train", *TINY_CLI, "--epochs", "1", "--out", str(tmp_path / "bad"), "--warmup", "-2"])
+    assert_one_line_error(rc, capsys.readouterr().err, "argument --warmup: expected a whole number >= 0, got '-2'")
 
 
 def _extra(path):

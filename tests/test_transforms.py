@@ -164,3 +164,132 @@ def test_train_and_eval_transforms():
     assert 3 < flips < 17
     with pytest.raises(ValueError):
         TrainTransform(flip=1.5)
+
+
+# -- scale jitter -------------------------------------------------------------------------------
+VOID = 11  # minisegnet.data.VOID_LABEL
+
+
+def sparse_pair(h=12, w=16):
+    """A random image and a label that uses only some classes (0, 2, 5, 7), never void."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(1, 256, (h, w, 3)).astype(np.uint8)  # no 0: padding is told from content
+    label = rng.choice(np.array([0, 2, 5, 7], dtype=np.uint8), (h, w))
+    return image, label
+
+
+def test_void_label_is_the_packages():
+    from minisegnet.data import VOID_LABEL
+
+    assert VOID_LABEL == VOID and TrainTransform(scale=(0.5, 2)).void_label == VOID_LABEL
+
+
+@pytest.mark.parametrize("crop", [None, (5, 7)])
+@pytest.mark.parametrize("size", [None, (10, 12)])
+def test_scale_jitter_keeps_the_output_size_and_adds_only_void(crop, size):
+    image, label = sparse_pair()
+    tr = TrainTransform(size=size, flip=True, crop=crop, scale=(0.25, 1.8))
+    expected = crop if crop is not None else size if size is not None else label.shape
+    padded = 0
+    for seed in range(30):
+        ti, tl = tr(image, label, np.random.default_rng(seed))
+        assert ti.shape == (*expected, 3) and tl.shape == tuple(expected)
+        assert ti.dtype == np.uint8 and tl.dtype == label.dtype
+        assert set(np.unique(tl)) <= {0, 2, 5, 7, VOID}
+        padded += bool((tl == VOID).any())
+    assert 0 < padded < 30  # some draws shrink (padding), some enlarge (no padding)
+
+
+@pytest.mark.parametrize("crop", [None, (5, 7)])
+def test_a_scale_of_one_is_the_transform_without_scale(crop):
+    # lo == hi draws no factor, and a pair that keeps its size is cropped as before: the same pairs
+    # and the same use of the generator
+    image, label = coded_pair(12, 16)
+    plain, one = TrainTransform(crop=crop), TrainTransform(crop=crop, scale=(1, 1))
+    for seed in range(10):
+        r1, r2 = np.random.default_rng(seed), np.random.default_rng(seed)
+        a, b = plain(image, label, r1), one(image, label, r2)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        assert r1.random() == r2.random()  # the generator was used alike
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_half_scale_pads_with_void_and_zero_around_the_nearest_resized_pair(flip):
+    image, label = sparse_pair(12, 16)
+    tr = TrainTransform(flip=1.0 if flip else False, scale=(0.5, 0.5))
+    small_label, small_image = resize_label(label, (6, 8)), resize_image(image, (6, 8))
+    if flip:
+        small_image, small_label = hflip(small_image, small_label)
+    offsets = set()
+    for seed in range(20):
+        ti, tl = tr(image, label, np.random.default_rng(seed))
+        assert ti.shape == (12, 16, 3) and tl.shape == (12, 16)
+        rows, cols = np.nonzero(tl != VOID)
+        top, left = rows.min(), cols.min()
+        valid = np.zeros((12, 16), bool)
+        valid[top : top + 6, left : left + 8] = True
+        np.testing.assert_array_equal(tl != VOID, valid)  # void is exactly the border
+        assert (ti[~valid] == 0).all()  # and the image is 0 there
+        np.testing.assert_array_equal(tl[valid].reshape(6, 8), small_label)
+        np.testing.assert_array_equal(ti[valid].reshape(6, 8, 3), small_image)
+        offsets.add((int(top), int(left)))
+    assert len(offsets) > 3  # placed at a random offset
+
+
+@pytest.mark.parametrize("crop", [None, (5, 7)])
+def test_double_scale_is_a_window_of_the_enlarged_label_without_void(crop):
+    image, label = sparse_pair(12, 16)
+    big = resize_label(label, (24, 32))
+    tr = TrainTransform(flip=False, crop=crop, scale=(2, 2))
+    h, w = crop if crop is not None else (12, 16)
+    windows = set()
+    for seed in range(10):
+        ti, tl = tr(image, label, np.random.default_rng(seed))
+        assert tl.shape == (h, w) and not (tl == VOID).any() and set(np.unique(tl)) <= {0, 2, 5, 7}
+        assert (ti != 0).any()
+        found = [(t, l) for t in range(24 - h + 1) for l in range(32 - w + 1)
+                 if np.array_equal(big[t : t + h, l : l + w], tl)]
+        assert found, "not a window of the nearest-neighbour enlargement"
+        windows.add(found[0])
+    assert len(windows) > 1  # a random window
+
+
+def test_scale_jitter_is_reproducible_from_the_generator():
+    image, label = sparse_pair()
+    tr = TrainTransform(crop=(8, 12), scale=(0.5, 1.5))
+    outputs = []
+    for seed in range(8):
+        a = tr(image, label, np.random.default_rng(seed))
+        b = tr(image, label, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        outputs.append(a[1].tobytes() + a[0].tobytes())
+    assert len(set(outputs)) == len(outputs)  # other seeds, other pairs
+    # through the loader: the same seed gives the same batches, another seed others
+    from minisegnet.data import ArrayDataset, BatchLoader
+
+    images, labels = np.stack([image] * 4), np.stack([label] * 4)
+
+    def batches(seed):
+        loader = BatchLoader(ArrayDataset(images, labels), 2, shuffle=True, seed=seed, transform=tr, prefetch=False)
+        return [(x.copy(), y.copy()) for x, y in loader.iter_epoch(0)]
+
+    first, again, other = batches(3), batches(3), batches(4)
+    for (x1, y1), (x2, y2) in zip(first, again):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert any(not np.array_equal(y1, y2) for (_, y1), (_, y2) in zip(first, other))
+
+
+@pytest.mark.parametrize("bad", [(0, 1), (-0.5, 1), (1.2, 0.8), (float("nan"), 1), (1, float("inf")), (0.5, 1, 2),
+                                 0.5, "0.5,1", ("a", "b"), (True, 1)])
+def test_scale_jitter_is_validated(bad):
+    with pytest.raises(ValueError, match=r"TrainTransform: scale must be a pair \(lo, hi\).*0 < lo <= hi.*got"):
+        TrainTransform(scale=bad)
+
+
+def test_scale_jitter_repr():
+    assert TrainTransform(scale=(0.75, 1.25)).scale == (0.75, 1.25)
+    assert "scale=(0.75, 1.25)" in repr(TrainTransform(scale=(0.75, 1.25)))
+    assert "scale=None" in repr(TrainTransform())

@@ -6,17 +6,21 @@ image and label aligned:
 
 - images are resized **bilinearly** (a blend of neighbours is a plausible colour) but labels with
   **nearest neighbour** (a blend of class 3 and class 5 is not class 4);
-- every geometric change (flip, crop) is applied to both with the **same** parameters.
+- every geometric change (scale, flip, crop, pad) is applied to both with the **same** parameters;
+  where a change has to invent pixels (the border a shrunken image is padded with), the image gets
+  0 and the label the void label, which the loss ignores.
 
 The random choices come from a ``numpy.random.Generator`` passed in by the caller, never from a
 global RNG: :class:`~minisegnet.data.BatchLoader` derives one per batch from ``(seed, epoch, batch)``,
 which is what makes an interrupted training run resumable batch for batch.
 
-:class:`TrainTransform` (resize, random flip, optional random crop) and :class:`EvalTransform`
-(resize only) bundle these for the loader; each is a callable ``(image, label, rng) -> (image, label)``.
+:class:`TrainTransform` (resize, optional random scale jitter, random flip, optional random crop; the
+jittered pair is cropped or padded back to the output size) and :class:`EvalTransform` (resize only)
+bundle these for the loader; each is a callable ``(image, label, rng) -> (image, label)``.
 """
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -198,33 +202,98 @@ class EvalTransform:
         return f"EvalTransform(size={self.size})"
 
 
+def _check_scale(scale):
+    """``scale`` as ``(lo, hi)`` floats, finite with ``0 < lo <= hi``; ``ValueError`` naming TrainTransform otherwise."""
+    try:
+        lo, hi = scale
+        ok = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                 for v in (lo, hi))
+        lo, hi = (float(lo), float(hi)) if ok else (None, None)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        raise ValueError(f"TrainTransform: scale must be a pair (lo, hi) of finite numbers with 0 < lo <= hi, "
+                         f"e.g. (0.75, 1.25), got {scale!r}")
+    return lo, hi
+
+
+def _crop_or_pad(image, label, size, rng, fill_label):
+    """Bring an image ``(H, W, 3)`` and its label ``(H, W)`` to ``size = (h, w)`` at a random offset, per axis.
+
+    Along an axis where the pair is longer, a random window is cut (as :func:`random_crop`); where it is
+    shorter, it is placed at a random offset in a canvas of image 0 and label ``fill_label``.  The
+    offsets are drawn top first, then left, one ``rng.integers`` each (as :func:`random_crop` draws them),
+    so a pair that needs no padding gets exactly :func:`random_crop`'s window and views.
+    """
+    h, w = size
+    H, W = label.shape
+    if H >= h and W >= w:
+        return random_crop(image, label, size, rng)
+    src, dst = [], []
+    for have, want in ((H, h), (W, w)):
+        offset = int(rng.integers(0, abs(have - want) + 1))
+        n = min(have, want)
+        src.append(slice(offset, offset + n) if have >= want else slice(0, n))
+        dst.append(slice(0, n) if have >= want else slice(offset, offset + n))
+    out_image = np.zeros((h, w, image.shape[2]), dtype=image.dtype)
+    out_label = np.full((h, w), fill_label, dtype=label.dtype)
+    out_image[dst[0], dst[1]] = image[src[0], src[1]]
+    out_label[dst[0], dst[1]] = label[src[0], src[1]]
+    return out_image, out_label
+
+
 class TrainTransform(EvalTransform):
-    """Resize to ``size`` (None: keep), then flip left-right with probability ``flip``, then crop.
+    """Resize to ``size`` (None: keep), jitter the scale, flip left-right, then crop or pad to the output size.
 
     Args:
         size: ``(H, W)`` or ``"HxW"`` to resize to first, or None (e.g. when the dataset is already
             resized by :func:`~minisegnet.data.cache_resized`).
         flip: probability of a horizontal flip (``True`` means 0.5, ``False`` 0).
         crop: ``(h, w)`` of a random crop taken after resizing, or None.
+        scale: ``(lo, hi)`` with ``0 < lo <= hi`` (e.g. ``(0.75, 1.25)``): random scale jitter, or None.
 
-    All randomness comes from the ``rng`` argument, so the same generator state gives the same pair.
+    The steps, in order: resize to ``size``; with ``scale``, draw ``s`` uniformly in ``[lo, hi)`` and
+    resize the pair to ``(round(s·H), round(s·W))`` (at least 1), the image bilinearly
+    (:func:`resize_image`) and the label by nearest neighbour (:func:`resize_label`); flip; then bring
+    the pair to the **output size**, ``crop`` when given, else the size the pair had before the
+    jitter (so every pair of a batch has the same shape): a random window where it is larger, and where
+    it is smaller (s < 1) a random placement in a border of image 0 and label :data:`VOID_LABEL`.
+
+    The jitter is label-preserving: nearest-neighbour resizing copies label values and never blends
+    two classes into a third, and the padded border is void, which the loss and the metrics ignore;
+    so it adds no wrong label, only the same scene seen nearer or farther.
+
+    All randomness comes from the ``rng`` argument, so the same generator state gives the same pair
+    (and a resumed run the same batches).  ``lo == hi`` is a fixed scale and draws nothing for ``s``;
+    ``scale=(1, 1)`` therefore gives exactly the pairs, and uses the generator exactly as, ``scale=None``.
     """
 
-    def __init__(self, size=None, flip=True, crop=None):
+    def __init__(self, size=None, flip=True, crop=None, scale=None):
         super().__init__(size)
         p = 0.5 if flip is True else 0.0 if flip is False else float(flip)
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"TrainTransform: flip probability must be in [0, 1], got {flip}")
         self.flip = p
         self.crop = None if crop is None else parse_size(crop)
+        self.scale = None if scale is None else _check_scale(scale)
+        from .camvid import VOID_LABEL  # here: camvid imports this module
+
+        self.void_label = VOID_LABEL
 
     def __call__(self, image, label, rng):
         image, label = super().__call__(image, label)
+        out_size = self.crop if self.crop is not None else label.shape[-2:]
+        if self.scale is not None:
+            lo, hi = self.scale
+            s = lo if lo == hi else float(rng.uniform(lo, hi))
+            h, w = label.shape[-2:]
+            scaled = (max(1, round(s * h)), max(1, round(s * w)))
+            image, label = resize_image(image, scaled), resize_label(label, scaled)
         if self.flip and rng.random() < self.flip:
             image, label = hflip(image, label)
-        if self.crop is not None:
-            image, label = random_crop(image, label, self.crop, rng)
+        if self.crop is not None or label.shape[-2:] != tuple(out_size):
+            image, label = _crop_or_pad(image, label, out_size, rng, self.void_label)
         return image, label
 
     def __repr__(self):
-        return f"TrainTransform(size={self.size}, flip={self.flip}, crop={self.crop})"
+        return f"TrainTransform(size={self.size}, flip={self.flip}, crop={self.crop}, scale={self.scale})"
