@@ -19,6 +19,13 @@ Three switches, kept apart as in PyTorch:
     ``.grad``, and its layer skips the matrix product that would compute it; the
     optimizers leave it alone.
 
+What a forward keeps for its backward (the padded input of a convolution, BatchNorm's
+centred map, ReLU's mask, pooling's indices) stays with the layer until the next forward
+replaces it, so a layer's ``backward`` may be called again with another upstream gradient.
+:meth:`Module.release_caches` lets it go; a model's ``backward`` does that stage by stage
+(``release=True``, the default), as PyTorch frees a graph's saved tensors during its
+backward, so the decoder's maps are free again before the encoder's backward needs room.
+
 Gradients **accumulate**: ``backward`` adds into ``param.grad`` (as PyTorch does, so
 micro-batches can be summed) and ``zero_grad()`` clears them.  Forgetting
 ``zero_grad()`` is the classic bug that micrograd's users met first; the training loop
@@ -113,6 +120,19 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    def release_caches(self) -> None:
+        """Let go of what the last forward kept for a backward, in this module and every module below it.
+
+        The memory returns at once (nothing else holds those arrays), and a ``backward`` of
+        a released layer raises until its next forward.  Weights, gradients, buffers and the
+        scratch arrays that layers share (:mod:`minisegnet.workspace`) are not touched.
+        """
+        for module in self.modules():
+            module._release_cache()
+
+    def _release_cache(self) -> None:
+        """Drop this module's own forward cache; layers that keep one override it."""
 
     # -- traversal ------------------------------------------------------------------
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:

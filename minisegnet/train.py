@@ -314,6 +314,7 @@ class Trainer:
             return
         first, self.schedule_steps = self.scheduler is None, steps
         self.scheduler = make_scheduler(config, self.optimizer, len(self.train_loader), self.step, steps)
+        self._warm_up()  # a new schedule sets its own rate: inside a warm-up, scale it again
         if first:
             self.progress.say(f"schedule: {config.schedule} over {steps} steps (planned from the time budget)")
 

@@ -28,7 +28,8 @@ def require_cache(layer: str, cache, what: str = "forward"):
     if cache is None:
         raise RuntimeError(
             f"{layer}.backward called before {what} (or after a forward inside `with minisegnet.no_grad():`, "
-            "which keeps nothing for backward: run the forward outside that block)"
+            "which keeps nothing for backward: run the forward outside that block; or after release_caches(), "
+            "which a model's backward calls unless release=False)"
         )
     return cache
 

@@ -38,7 +38,7 @@ def algorithms_for(stride) -> list[str]:
 def forward_plan_arguments(conv, x_shape):
     """``(kw, rows, length, halo, itemsize)``: what the forward hands :func:`plan_tiling`."""
     n, c, h, w = x_shape
-    (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
+    (kh, kw), (_, pw) = conv.kernel_size, conv.padding
     wp = w + 2 * pw
     ho, wo = conv._output_size(h, w)
     if conv.resolved_algorithm == "gathered":  # all N·Ho·Wo columns, no halo
@@ -559,6 +559,40 @@ def test_workspace_is_reused_and_bounded(rng):
     thread.start()
     thread.join()
     assert seen == [{}] and WORKSPACE.arrays()
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_one_map_sized_scratch_serves_forward_backward_and_selections(algorithm, rng):
+    """The output grid of the forward, the input-gradient grid of the backward and ReLU's widened
+    mask take one shared array (``MAP_SCRATCH``), and sharing it changes no result."""
+    from minisegnet.layers import ReLU
+    from minisegnet.workspace import MAP_SCRATCH
+
+    conv = make_conv(4, 6, 5, padding=2, dtype=np.float32, algorithm=algorithm)
+    relu = ReLU()
+    x = rng.standard_normal((2, 4, 10, 12)).astype(np.float32)
+    dy = rng.standard_normal((2, 6, 10, 12)).astype(np.float32)
+
+    def run_through(fresh):
+        steps = [lambda: relu.forward(conv.forward(x)), lambda: relu.backward(dy), lambda: conv.backward(dy_relu[0])]
+        out = []
+        for step in steps:
+            if fresh:
+                clear_workspace()
+            out.append(step())
+            if len(out) == 2:
+                dy_relu[0] = out[1]
+        return out
+
+    dy_relu = [None]
+    shared = [a.copy() for a in run_through(fresh=False)]
+    roles = [key[-1] for key in WORKSPACE.arrays()]
+    conv.zero_grad()
+    alone = run_through(fresh=True)
+    for a, b in zip(shared, alone):
+        np.testing.assert_array_equal(a, b)
+    assert roles.count(MAP_SCRATCH) == 1
+    assert not {"conv.y_grid", "conv.dx_grid", "select.mask"} & set(roles)
 
 
 def test_plan_tiling():

@@ -181,6 +181,96 @@ def test_backward_without_a_kept_forward_raises():
         model.backward(dlogits)
 
 
+# -- what a backward lets go of -------------------------------------------------------------------
+def _batch(model, rng, shape=(2, 3, 24, 32)):
+    x = rng.standard_normal(shape).astype(np.float32)
+    dlogits = rng.standard_normal((shape[0], 11, *shape[2:])).astype(np.float32)
+    return x, dlogits
+
+
+@pytest.mark.parametrize("make", [lambda: SegNetBasic(channels=8, kernel_size=3, rng=0),
+                                  lambda: SegNet(width=TINY, rng=0),
+                                  lambda: build_model("fcn-basic", channels=8, kernel_size=3, rng=0)],
+                         ids=["segnet-basic", "segnet", "fcn-basic"])
+def test_a_model_backward_releases_its_caches_and_computes_the_same(make, rng):
+    model, twin = make(), make()
+    x, dlogits = _batch(model, rng)
+    model.forward(x)
+    twin.forward(x)
+    kept = held_arrays(twin)
+    assert kept and held_arrays(model) == kept  # the forward kept its maps for the backward
+    model.backward(dlogits)
+    twin.backward(dlogits, release=False)
+    assert held_arrays(model) == []  # all let go
+    assert held_arrays(twin) == kept  # kept, as before
+    for (name, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)  # releasing changes no gradient
+    with pytest.raises(RuntimeError, match=r"backward called before forward.*release_caches\(\).*release=False"):
+        model.backward(dlogits)  # nothing left to differentiate
+    model.zero_grad()
+    twin.zero_grad()
+    model.forward(x)
+    model.backward(dlogits)  # a new forward: a new backward
+    twin.backward(dlogits, release=False)  # the kept caches allow a second backward
+    for (name, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)
+
+
+def test_a_stage_lets_go_before_the_encoder_needs_room(rng):
+    """The release happens stage by stage, during the backward: not all at the end."""
+    model = SegNetBasic(channels=8, kernel_size=3, rng=0)
+    x, dlogits = _batch(model, rng)
+    first = model.encoder[0]
+    seen, backward = {}, first.backward
+
+    def recording(grad):
+        seen["held"] = held_arrays(model)
+        return backward(grad)
+
+    first.backward = recording
+    model.forward(x)
+    model.backward(dlogits)
+    held = seen["held"]
+    assert held and all(name.startswith("encoder.stage1.") for name in held), held  # only what stage 1 still needs
+
+
+def test_releasing_frees_the_decoders_maps_before_the_encoders_backward(rng):
+    """The lesson in numbers (tracemalloc, deterministic): when the encoder's first stage starts its
+    backward, the memory in use is lower by at least the decoder's and the classifier's caches, and so
+    is the step's peak never higher."""
+    model = SegNetBasic(channels=16, kernel_size=3, rng=0)
+    x, dlogits = _batch(model, rng, (2, 3, 64, 96))
+    first = model.encoder[0]
+    backward, seen = first.backward, {}
+
+    def recording(grad):
+        seen["in use"] = tracemalloc.get_traced_memory()[0]
+        return backward(grad)
+
+    first.backward = recording
+
+    def step(release):
+        model.zero_grad()
+        tracemalloc.start()
+        try:
+            model.forward(x)
+            decoder_bytes = sum(a.nbytes for name, m in model.named_modules()
+                                if name.startswith(("decoder", "classifier")) and not name.endswith("unpool")
+                                for a in vars(m).values() if isinstance(a, np.ndarray))
+            model.backward(dlogits, release=release)
+            return seen["in use"], tracemalloc.get_traced_memory()[1], decoder_bytes
+        finally:
+            tracemalloc.stop()
+
+    step(True)  # the first step allocates the gradients and the shared scratch
+    kept_in_use, kept_peak, decoder_bytes = step(False)
+    model.release_caches()
+    released_in_use, released_peak, _ = step(True)
+    assert decoder_bytes > 2**20  # the decoder's padded copies and centred maps: megabytes
+    assert released_in_use <= kept_in_use - decoder_bytes, (released_in_use, kept_in_use, decoder_bytes)
+    assert released_peak <= kept_peak
+
+
 # -- gradients ----------------------------------------------------------------------------------
 def _train_mode_checks(model, x, directions=3, max_elements=2, dropout_seed=None):
     """Whole-network gradient checks in training mode, and why they are sound despite kinks.

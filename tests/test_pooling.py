@@ -54,7 +54,7 @@ def reference_unpool(v, idx, k, s, hw):
 
 def torch_to_local(flat, width, kernel, stride):
     """PyTorch's flat indices ``h * W + w`` to window-local ``ky * kw + kx``."""
-    (kh, kw), (sh, sw) = kernel, stride
+    (_, kw), (sh, sw) = kernel, stride
     ho, wo = flat.shape[2:]
     ky = flat // width - (np.arange(ho) * sh)[:, None]
     kx = flat % width - (np.arange(wo) * sw)[None, :]
@@ -62,7 +62,7 @@ def torch_to_local(flat, width, kernel, stride):
 
 
 def local_to_torch(local, width, kernel, stride):
-    (kh, kw), (sh, sw) = kernel, stride
+    (_, kw), (sh, sw) = kernel, stride
     ho, wo = local.shape[2:]
     ky, kx = np.divmod(local.astype(np.int64), kw)
     return (ky + (np.arange(ho) * sh)[:, None]) * width + kx + (np.arange(wo) * sw)[None, :]

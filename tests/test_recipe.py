@@ -395,6 +395,20 @@ def test_a_run_resumed_inside_its_warmup_goes_on_where_it_stopped(tmp_path):
     np.testing.assert_allclose(first + rest, whole, rtol=1e-12)
 
 
+def test_a_schedule_planned_inside_the_warmup_is_warmed_too(tmp_path, monkeypatch):
+    """A time-budgeted run plans its poly schedule after a few steps: the new schedule's rate is scaled
+    as well (it would otherwise show, and for a moment hold, the full rate)."""
+    trainer = Trainer(TrainConfig(**{**TINY, "dataset": "synthetic", "synthetic_train": 8, "synthetic_val": 4,
+                                     "minutes": 5, "warmup_steps": 50, "out_dir": str(tmp_path / "run")}),
+                      progress=False)
+    assert trainer.scheduler is None  # planned from the budget, later
+    monkeypatch.setattr(trainer.budget, "planned_steps", lambda step, eval_every: 100)
+    trainer.step = 3
+    trainer._plan_schedule()
+    assert trainer.schedule_steps == 100
+    assert math.isclose(trainer.optimizer.lr, 1e-3 * (1 - 3 / 100) ** 0.9 * 4 / 50, rel_tol=1e-12)
+
+
 @pytest.mark.parametrize("steps", [-1, 2.5, True, "4"])
 def test_a_bad_warmup_is_refused(steps):
     with pytest.raises(ValueError, match="TrainConfig.warmup_steps: expected a whole number of steps >= 0"):

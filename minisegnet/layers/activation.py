@@ -93,6 +93,9 @@ class ReLU(Module):
             self._mask = mask
         return _maximum_with_zero(x, out=x if self.inplace else xp.empty(x.shape, dtype=x.dtype))
 
+    def _release_cache(self) -> None:
+        self._mask = None
+
     def backward(self, dy):
         mask = require_cache(_LAYER, self._mask)
         check_grad_shape(_LAYER, dy, mask.shape)

@@ -217,7 +217,8 @@ class BatchNorm2d(Module):
         """The full-size buffer that becomes ``centred``: last step's when it fits, else a new one.
 
         ``self._centred`` never leaves the layer, so the next forward may overwrite it (one
-        large allocation, and its page faults, less per step).  Under ``no_grad`` the
+        large allocation, and its page faults, less, unless a model's backward released it
+        first: :meth:`~minisegnet.module.Module.release_caches`).  Under ``no_grad`` the
         buffer becomes the returned ``y`` and the stored cache must survive, so it is
         always new.
         """
@@ -250,6 +251,9 @@ class BatchNorm2d(Module):
         running_mean += momentum * mean.astype(running_mean.dtype, copy=False)
         running_var *= 1.0 - momentum
         running_var += momentum * unbiased_var.astype(running_var.dtype, copy=False)
+
+    def _release_cache(self) -> None:
+        self._centred = self._inv_std = None
 
     # -- backward ---------------------------------------------------------------------
     def backward(self, dy):

@@ -186,7 +186,7 @@ from ..backend import get_array_module
 from ..grad_mode import is_grad_enabled
 from ..module import Module, Parameter
 from ..validation import check_feature_map, check_grad_shape, check_matches_parameters, require_cache
-from ..workspace import WORKSPACE, clear_workspace
+from ..workspace import MAP_SCRATCH, WORKSPACE, clear_workspace
 from .conv_tiling import (flat_windows, gather_tile, gathered_windows, image_ranges, output_tiles, plan_output_tiles,
                           row_weights, scatter_tile)
 
@@ -392,7 +392,9 @@ class Conv2d(Module):
         """The zero-padded input, channel-major (C, N, Hp, Wp).
 
         Kept for the backward (``keep``), it is a layer-owned array: the previous forward's
-        is overwritten when the shape still fits (one large allocation less per step).
+        is overwritten when the shape still fits and it was not released
+        (:meth:`~minisegnet.module.Module.release_caches`, which a model's backward calls), so a
+        forward repeated without a backward allocates nothing new.
         Not kept, it is scratch, and the previous forward's stays as it was.
         """
         n, c, h, w = x.shape
@@ -453,14 +455,14 @@ class Conv2d(Module):
             grid = n * hp * wp
             # each image up to its last valid output (the rows below are garbage); never reads past X
             ranges = image_ranges(n, hp * wp, 0, (ho - 1) * wp + wo)
-            y_grid = WORKSPACE.take(padded, "conv.y_grid", (o, grid))
+            y_grid = WORKSPACE.take(padded, MAP_SCRATCH, (o, grid))
             out = y_grid
             windows = flat_windows(padded.reshape(c, grid), self.kernel_size, wp, ranges,
                                    self.max_workspace_bytes, self.min_block_columns,
                                    max_block=self.max_block_columns, max_stretch=self.max_copy_columns)
             y_cnhw = y_grid.reshape(o, n, hp, wp)[:, :, :ho, :wo]  # the valid positions
         else:  # the same sum over gathered windows, M = N·Ho·Wo columns
-            out = WORKSPACE.take(padded, "conv.y_grid", (o, n * ho * wo))
+            out = WORKSPACE.take(padded, MAP_SCRATCH, (o, n * ho * wo))
             windows = gathered_windows(padded, self.kernel_size, self.stride, ho, wo, self.max_workspace_bytes)
             y_cnhw = out.reshape(o, n, ho, wo)
         w_rows = {}  # j0 -> (kh, O, gg·C) weights in the order of the stacked shifts
@@ -489,7 +491,7 @@ class Conv2d(Module):
         reach = (kh - 1) * wp + (kw - 1)  # the last offset reads this many columns further (never past X)
         w_stack = xp.ascontiguousarray(self.weight.data.transpose(2, 3, 0, 1)).reshape(kh * kw * o, c)
         x_flat = padded.reshape(c, grid)
-        y_grid = WORKSPACE.take(padded, "conv.y_grid", (o, grid))
+        y_grid = WORKSPACE.take(padded, MAP_SCRATCH, (o, grid))
         room = self.max_workspace_bytes // (kh * kw * o * padded.dtype.itemsize) - reach
         block = max(1, min(length, max(self.min_block_columns, room)))
         for start, stop in ((start, min(last, start + block)) for first, last in ranges
@@ -504,6 +506,9 @@ class Conv2d(Module):
                     if i or j:  # y[:, t] += (W_ij @ X)[:, t + s_ij]
                         target += products[i, j, :, i * wp + j : i * wp + j + stop - start]
         return y_grid.reshape(o, n, hp, wp)[:, :, :ho, :wo]
+
+    def _release_cache(self) -> None:
+        self._padded_input = None
 
     # -- backward -----------------------------------------------------------------
     def backward(self, dy):
@@ -544,7 +549,7 @@ class Conv2d(Module):
         h, w = self._input_shape[2], self._input_shape[3]
         ranges = image_ranges(n, hp * wp, ph * wp, (ph + h - 1) * wp + pw + w)
         if need_dx:
-            dx_grid = WORKSPACE.take(padded, "conv.dx_grid", (c, grid))
+            dx_grid = WORKSPACE.take(padded, MAP_SCRATCH, (c, grid))
             out = dx_grid
             flipped = self.weight.data.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]  # (C, O, kh, kw)
         if need_dw:
@@ -585,7 +590,7 @@ class Conv2d(Module):
         o, (kh, kw), (sh, sw) = self.out_channels, self.kernel_size, self.stride
         ho, wo = dy.shape[2], dy.shape[3]
         if need_dx:
-            dx_pad = WORKSPACE.take(padded, "conv.dx_grid", (c, n, hp, wp))
+            dx_pad = WORKSPACE.take(padded, MAP_SCRATCH, (c, n, hp, wp))
             dx_pad[...] = 0
         if flat:  # dy on the padded grid, zero at the cropped positions
             grid = n * hp * wp
@@ -655,7 +660,7 @@ class Conv2d(Module):
         c, n = padded.shape[:2]
         o, (kh, kw) = self.out_channels, self.kernel_size
         w_mat = self._im2col_weights(xp)
-        y_flat = WORKSPACE.take(padded, "conv.y_grid", (o, n * ho * wo))
+        y_flat = WORKSPACE.take(padded, MAP_SCRATCH, (o, n * ho * wo))
         for tile, start, stop in self._tiles(padded, ho, wo):
             n0, n1, r0, r1 = tile
             cols = WORKSPACE.take(padded, "conv.im2col", (kh, kw, c, n1 - n0, r1 - r0, wo))
@@ -674,7 +679,7 @@ class Conv2d(Module):
         depth = kh * kw * c
         if need_dx:
             w_mat = self._im2col_weights(xp)
-            dx_pad = WORKSPACE.take(padded, "conv.dx_grid", padded.shape)
+            dx_pad = WORKSPACE.take(padded, MAP_SCRATCH, padded.shape)
             dx_pad[...] = 0
         if need_dw:  # dW_mat^T = im2col(tile) @ dy_tile^T: the long block as the left operand is the faster GEMM
             dw_mat_t = xp.empty((depth, o), dtype=padded.dtype)

@@ -287,6 +287,9 @@ class ConvTranspose2d(Module):
             self._input_columns, self._input_shape, self._output_shape = columns, tuple(x.shape), tuple(y.shape)
         return y
 
+    def _release_cache(self) -> None:
+        self._input_columns = None
+
     # -- backward ---------------------------------------------------------------------
     def backward(self, dy):
         columns = require_cache(self._name, self._input_columns)

@@ -107,6 +107,9 @@ class Dropout(Module):
             self._keep_mask, self._output_shape = keep, tuple(x.shape)
         return y
 
+    def _release_cache(self) -> None:
+        self._keep_mask = self._output_shape = None
+
     def backward(self, dy):
         shape = require_cache(_LAYER, self._output_shape)
         check_grad_shape(_LAYER, dy, shape)

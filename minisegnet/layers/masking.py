@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-from ..workspace import WORKSPACE
+from ..workspace import MAP_SCRATCH, WORKSPACE
 
 __all__ = ["select"]
 
@@ -43,7 +43,7 @@ def select(mask, values, out=None):
         out[...] = xp.where(mask, values, values.dtype.type(0))
         return out
     uint = _UINT_OF[values.dtype.itemsize]
-    widened = WORKSPACE.take(values, "select.mask", mask.shape, dtype=uint)
+    widened = WORKSPACE.take(values, MAP_SCRATCH, mask.shape).view(uint)  # shared with the convolutions
     np.negative(mask.view(np.uint8), out=widened, dtype=uint, casting="unsafe")  # True -> all ones
     # Same item size, so these integer views exist for strided arrays too (no copies).
     np.bitwise_and(values.view(uint), widened, out=out.view(uint))

@@ -305,6 +305,9 @@ class MaxPool2d(Module):
             self._argmax, self._input_shape = indices, tuple(x.shape)
         return y, indices
 
+    def _release_cache(self) -> None:
+        self._argmax = None
+
     def backward(self, dy):
         """``dx = scatter(dy, argmax)``: each gradient goes to the pixel that won its window."""
         argmax = require_cache("MaxPool2d", self._argmax)
@@ -462,6 +465,9 @@ class MaxUnpool2d(Module):
         if is_grad_enabled():  # packed indices stay packed until backward needs them
             self._argmax, self._output_shape = indices, full_shape
         return y
+
+    def _release_cache(self) -> None:
+        self._argmax = None
 
     def backward(self, dy):
         """``dx = gather(dy, argmax)``: each pooled value's gradient is read where it was written."""

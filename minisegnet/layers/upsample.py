@@ -199,6 +199,9 @@ class Upsample(Module):
             self._input_shape, self._output_shape = tuple(x.shape), tuple(y.shape)
         return y
 
+    def _release_cache(self) -> None:
+        self._along_h = self._along_w = None
+
     def backward(self, dy):
         along_h = require_cache(self._name, self._along_h)
         along_w = self._along_w

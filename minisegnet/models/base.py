@@ -92,7 +92,7 @@ class SegmentationModel(Module):
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
 
-    def backward(self, dlogits, *, input_grad: bool = False):
+    def backward(self, dlogits, *, input_grad: bool = False, release: bool = True):
         """Add every parameter's gradient into ``.grad``, from ``dL/dlogits``: the forward in reverse.
 
         The classifier, then the decoder stages and the encoder stages in the reverse of their
@@ -101,14 +101,28 @@ class SegmentationModel(Module):
         Returns ``dL/dx`` (the gradient of the images) only when ``input_grad=True``, and
         ``None`` otherwise: nobody trains the image, and skipping it spares the first
         convolution its largest product (its ``needs_input_grad`` is set accordingly).
+
+        ``release`` (the default): each stage lets go of its forward's cache as soon as its
+        backward is done (:meth:`~minisegnet.module.Module.release_caches`), so the memory of
+        the decoder's full-size maps is free again when the encoder's first stage needs room
+        for its gradients; a second backward then needs a new forward.  ``release=False``
+        keeps every cache, for another backward of the same forward.
         """
         self.input_layer.needs_input_grad = bool(input_grad)
-        grad = self.classifier.backward(dlogits)
+        grad = self._backward_through(self.classifier, dlogits, release)
         for stage in reversed(self.decoder):
-            grad = stage.backward(grad)
+            grad = self._backward_through(stage, grad, release)
         for stage in reversed(self.encoder):
-            grad = stage.backward(grad)
+            grad = self._backward_through(stage, grad, release)
         return grad if input_grad else None
+
+    @staticmethod
+    def _backward_through(stage, grad, release: bool):
+        """``stage.backward(grad)``, then (``release``) the stage's caches let go."""
+        grad = stage.backward(grad)
+        if release:
+            stage.release_caches()
+        return grad
 
     # -- modes ----------------------------------------------------------------------
     @contextmanager
