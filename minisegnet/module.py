@@ -22,9 +22,11 @@ Three switches, kept apart as in PyTorch:
 What a forward keeps for its backward (the padded input of a convolution, BatchNorm's
 centred map, ReLU's mask, pooling's indices) stays with the layer until the next forward
 replaces it, so a layer's ``backward`` may be called again with another upstream gradient.
-:meth:`Module.release_caches` lets it go; a model's ``backward`` does that stage by stage
-(``release=True``, the default), as PyTorch frees a graph's saved tensors during its
-backward, so the decoder's maps are free again before the encoder's backward needs room.
+:meth:`Module.release_caches` lets it go.  A model's ``backward`` (``release=True``, the
+default) has every layer let go of its cache as soon as that layer's own backward has
+returned (``release_after_backward``, :func:`releases_cache`), as PyTorch frees a graph's saved
+tensors during its backward: the decoder's maps are free again before the encoder's backward
+needs room for its gradients.
 
 Gradients **accumulate**: ``backward`` adds into ``param.grad`` (as PyTorch does, so
 micro-batches can be summed) and ``zero_grad()`` clears them.  Forgetting
@@ -33,12 +35,32 @@ calls it once per step, visibly.
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Iterator
 
 import numpy as np
 
 from .backend import array_module_for, device_of, get_array_module, is_array, resolve_device, to_device, to_numpy
+
+
+def releases_cache(backward):
+    """Decorate a layer's ``backward``: with ``release_after_backward`` set, drop the forward's cache after it.
+
+    A model's backward sets ``release_after_backward`` on its modules for its own duration
+    (``SegmentationModel.backward(..., release=True)``), so each layer's cache goes the moment
+    it has been used, and not only when the whole backward is over.  Set or not, the backward
+    computes the same; with it set, a second backward needs a new forward.
+    """
+
+    @functools.wraps(backward)
+    def backward_then_release(self, *args, **kwargs):
+        grad = backward(self, *args, **kwargs)
+        if self.release_after_backward:
+            self._release_cache()
+        return grad
+
+    return backward_then_release
 
 
 class Parameter:
@@ -133,6 +155,10 @@ class Module:
 
     def _release_cache(self) -> None:
         """Drop this module's own forward cache; layers that keep one override it."""
+
+    #: Whether this layer's backward drops its forward cache once it has returned (see
+    #: :func:`releases_cache`); a model's backward sets it on its modules for its own duration.
+    release_after_backward = False
 
     # -- traversal ------------------------------------------------------------------
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:

@@ -133,7 +133,7 @@ def test_no_grad_keeps_nothing_gives_the_same_output_and_spares_a_pending_backwa
     bn = make_bn(3)
     with no_grad():  # training statistics, but no activations kept
         np.testing.assert_allclose(bn.forward(x), with_cache, rtol=1e-12, atol=1e-12)
-    assert bn._centred is None
+    assert bn._input is None and bn._mean is None
     with pytest.raises(RuntimeError, match="BatchNorm2d.backward called before forward"):
         bn.backward(np.ones_like(x))
     # a no_grad forward between a forward and its backward changes nothing of that backward
@@ -144,7 +144,7 @@ def test_no_grad_keeps_nothing_gives_the_same_output_and_spares_a_pending_backwa
     bn = make_bn(3)
     bn.forward(x)
     with no_grad():
-        bn.forward(random_map((2, 3, 3, 3), seed=8))  # same shape: must not reuse the cached buffer
+        bn.forward(random_map((2, 3, 3, 3), seed=8))  # same shape: must not touch the kept input or statistics
     np.testing.assert_array_equal(bn.backward(dy), expected)
     np.testing.assert_array_equal(bn.weight.grad, reference.weight.grad)
 
@@ -156,7 +156,7 @@ def test_dtype_follows_the_layer_and_another_dtype_is_refused(dtype):
     y = bn.forward(x)
     dx = bn.backward(np.ones_like(y))
     assert y.dtype == dtype and dx.dtype == dtype
-    assert bn._centred.dtype == dtype and bn._inv_std.dtype == dtype
+    assert bn._mean.dtype == dtype and bn._inv_std.dtype == dtype
     assert bn.running_mean.dtype == dtype and bn.weight.grad.dtype == dtype
     bn.eval()
     assert bn.forward(x).dtype == dtype
@@ -180,13 +180,37 @@ def test_param_grads_accumulate_across_backwards():
     assert bn.weight.grad is None
 
 
+def test_the_forward_keeps_its_input_not_a_centred_copy_and_a_copy_of_the_running_mean():
+    """The backward's cache is the input itself (no centred copy); an eval-mode forward keeps a copy
+    of the running mean, so a training forward before that backward (which moves the running
+    statistics in place) changes nothing of it."""
+    import copy
+
+    bn = make_bn(3)
+    x = random_map((2, 3, 4, 5))
+    bn.forward(x)
+    assert bn._input is x and bn._mean.shape == (3,)
+    bn.forward(random_map((2, 3, 4, 5), seed=10) + 5.0)  # moves the running mean away from 0
+    bn.eval()
+    bn.forward(x)
+    assert not np.shares_memory(bn._mean, bn.running_mean)
+    dy = random_map((2, 3, 4, 5), seed=9)
+    expected = copy.deepcopy(bn).backward(dy)
+    bn.train()
+    before = bn.running_mean.copy()
+    with no_grad():
+        bn.forward(random_map((2, 3, 4, 5), seed=11) - 3.0)  # updates the running statistics, keeps nothing
+    assert not np.allclose(bn.running_mean, before)
+    np.testing.assert_array_equal(bn.backward(dy), expected)
+
+
 def test_training_input_gradient_is_centred_and_orthogonal_to_xhat():
     bn = make_bn(3, eps=1e-12)  # orthogonality is exact only as eps -> 0
     x = random_map((2, 3, 4, 4))
     bn.forward(x)
     dx = bn.backward(np.random.default_rng(4).standard_normal(x.shape))
     np.testing.assert_allclose(dx.sum(axis=(0, 2, 3)), 0.0, atol=1e-10)
-    xhat = bn._centred * bn._inv_std[None, :, None, None]
+    xhat = (x - bn._mean[None, :, None, None]) * bn._inv_std[None, :, None, None]
     np.testing.assert_allclose(np.einsum("nchw,nchw->c", dx, xhat), 0.0, atol=1e-10)
 
 
@@ -260,7 +284,7 @@ def test_forward_and_backward_read_no_device_value(train, momentum):
     bn._map_arrays(lambda a: a.view(NoHostReads))
     bn.train(train)
     x = random_map((2, 3, 4, 5), dtype=np.float32).view(NoHostReads)
-    for _ in range(2):  # the second forward reuses the cached buffer
+    for _ in range(2):  # a second forward and backward on the kept statistics
         y = bn.forward(x)
         bn.backward(y)
         with no_grad():

@@ -216,22 +216,32 @@ def test_a_model_backward_releases_its_caches_and_computes_the_same(make, rng):
         np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)
 
 
-def test_a_stage_lets_go_before_the_encoder_needs_room(rng):
-    """The release happens stage by stage, during the backward: not all at the end."""
+def test_each_layer_lets_go_as_soon_as_its_backward_returns(rng):
+    """The release happens layer by layer, during the backward: not stage by stage, nor at the end."""
     model = SegNetBasic(channels=8, kernel_size=3, rng=0)
     x, dlogits = _batch(model, rng)
-    first = model.encoder[0]
-    seen, backward = {}, first.backward
+    modules = dict(model.named_modules())
+    seen = {}
 
-    def recording(grad):
-        seen["held"] = held_arrays(model)
-        return backward(grad)
+    def record_before(name):
+        layer = modules[name]
+        backward = layer.backward
 
-    first.backward = recording
+        def recording(grad):
+            seen[name] = held_arrays(model)
+            return backward(grad)
+
+        layer.backward = recording
+
+    for name in ("encoder.stage1", "decoder.stage1.convs.0.conv"):
+        record_before(name)
     model.forward(x)
     model.backward(dlogits)
-    held = seen["held"]
-    assert held and all(name.startswith("encoder.stage1.") for name in held), held  # only what stage 1 still needs
+    assert seen["encoder.stage1"] and all(name.startswith("encoder.stage1.") for name in seen["encoder.stage1"])
+    at_decoder_conv = seen["decoder.stage1.convs.0.conv"]
+    assert "decoder.stage1.convs.0.conv._padded_input" in at_decoder_conv  # its own, still needed
+    assert not any(name.startswith(("classifier.", "decoder.stage1.convs.0.bn.")) for name in at_decoder_conv)
+    assert all(m.release_after_backward is False for m in model.modules())  # the flag lasts one backward
 
 
 def test_releasing_frees_the_decoders_maps_before_the_encoders_backward(rng):
@@ -726,8 +736,9 @@ def test_summary_records_measure_memory_and_flops():
     # conv 3x3 3->4: 2*N*O*C*kh*kw*H*W; BN: 2 per value; ReLU: 1 per value
     values = 2 * 4 * 20 * 28
     assert first.flops == 2 * 2 * 4 * 3 * 9 * 20 * 28 + 2 * values + values
-    # kept for backward: the conv's padded input (float32), BN's xhat and 1/sigma (float32), ReLU's mask (bool)
-    assert first.backward_bytes == 3 * 2 * 22 * 30 * 4 + values * 4 + 4 * 4 + values
+    # kept for backward: the conv's padded input (float32), BN's input (the conv's output, float32), mu and
+    # 1/sigma (float32), ReLU's mask (bool)
+    assert first.backward_bytes == 3 * 2 * 22 * 30 * 4 + values * 4 + 2 * 4 * 4 + values
     pool = by_name["encoder.stage1.pool"]
     assert pool.decoder_bytes == 2 * 4 * 10 * 14  # uint8 indices, measured
     assert summary.decoder_bytes == sum(r.decoder_bytes for r in summary.records) + 4 * 16  # + the sizes

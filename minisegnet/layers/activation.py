@@ -6,7 +6,7 @@ import numpy as np
 from ..backend import get_array_module, is_array
 from ..grad_mode import is_grad_enabled
 from .masking import select
-from ..module import Module
+from ..module import Module, releases_cache
 from ..validation import check_grad_shape, require_cache
 
 _LAYER = "ReLU"
@@ -96,6 +96,7 @@ class ReLU(Module):
     def _release_cache(self) -> None:
         self._mask = None
 
+    @releases_cache
     def backward(self, dy):
         mask = require_cache(_LAYER, self._mask)
         check_grad_shape(_LAYER, dy, mask.shape)

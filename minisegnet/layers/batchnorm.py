@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..grad_mode import is_grad_enabled
-from ..module import Module, Parameter
+from ..module import Module, Parameter, releases_cache
 from ..validation import check_feature_map, check_grad_shape, check_matches_parameters, require_cache
 
 _LAYER = "BatchNorm2d"
@@ -100,33 +100,38 @@ class BatchNorm2d(Module):
     ``xhat``: shifting or scaling a channel's input cannot change its normalised output.
 
     Caches (stored by a forward outside ``minisegnet.no_grad()``; a forward inside it
-    leaves the stored ones untouched): ``self._centred`` the centred input ``x - mu``,
-    ``self._inv_std`` the per-channel ``1/sigma`` that was used (so ``xhat = centred *
-    inv_std``, never stored as a map of its own), and ``self._used_batch_stats`` which of
-    the two backward formulas applies (the mode of the *forward*, whatever the mode is
-    when backward runs).
+    leaves the stored ones untouched): ``self._input`` the input ``x`` itself (a reference,
+    as PyTorch saves it: not a copy), ``self._mean`` and ``self._inv_std`` the per-channel
+    ``mu`` and ``1/sigma`` that were used (so ``xhat = (x - mean) * inv_std``, never stored
+    as a map of its own), and ``self._used_batch_stats`` which of the two backward formulas
+    applies (the mode of the *forward*, whatever the mode is when backward runs).  The input
+    must therefore not be changed in place between the forward and the backward; nothing in
+    the library does (a convolution's output goes to its BatchNorm and nowhere else).
 
     Cost.  The layer is a handful of passes over a large map, so the code counts them:
 
-    * Per-channel sums of products (``sum (x - mu)^2``, ``sum dy * centred``) are a batch
+    * Per-channel sums of products (``sum (x - mu)^2``, ``sum dy * (x - mu)``) are a batch
       of BLAS dot products, one per (image, channel) row of the ``(N, C, H*W)`` view
       (:func:`_channel_dot`): one read of each operand and no product temporary, where
       ``einsum`` runs a slower generic loop.  The plain sums (``mu``, ``dbeta``) stay
       NumPy's ``sum``, whose pairwise summation keeps the mean accurate to float32
       rounding even on a channel whose mean is large against its spread.
-    * ``xhat`` is never materialised: the forward writes the centred map once (into the
-      layer's own buffer) and produces ``y = centred * (gamma/sigma) + beta`` from it;
-      the backward folds ``1/sigma`` into its per-channel factors.  Scaling the cache
-      into ``xhat`` in place would be one more pass forward, for nothing.
-    * The centred buffer is reused by the next forward of the same shape (one large
-      allocation, and its page faults, less per step), so a training forward allocates
-      only ``y`` and a backward only ``dx``; under ``no_grad`` the centred map is new and
-      becomes ``y`` itself.
+    * ``xhat`` is never materialised.  The forward writes the centred map ``x - mu`` once,
+      into the output's own buffer, takes the variance from it, and turns it into ``y =
+      centred * (gamma/sigma) + beta`` in place: a training forward allocates one map,
+      ``y``.  The backward writes ``x - mu`` again, into the buffer of ``dx``, takes
+      ``dgamma`` from it and forms ``dx`` in place: one map, ``dx``.
+    * Why the input is kept and not the centred map: ``x`` (the convolution's output)
+      exists anyway, and a centred copy would be one more full-size map alive from the
+      forward to the backward.  At the decoder's full-resolution BatchNorm of SegNet-Basic
+      that copy was the step's memory peak (measured in ``BENCHMARKS.md``).  The price is one
+      pass in the backward (recomputing ``x - mu``), about 0.5 % of a step.
     * Two passes for the variance, not the one-pass ``E[x^2] - E[x]^2``, which cancels
-      catastrophically in float32 when ``|mu|`` is large against ``sigma``; the centred
-      map costs one pass but is needed for the cache anyway.
+      catastrophically in float32 when ``|mu|`` is large against ``sigma``; likewise the
+      backward's ``sum dy * (x - mu)`` is taken on the centred map, not as ``sum dy * x -
+      mu * sum dy``.
     * Eval mode computes ``y = x * (gamma/sigma) + (beta - mu * gamma/sigma)``: two
-      passes over ``x``, no centred map unless a backward needs it.  (Its rounding error
+      passes over ``x`` and no centred map (a backward recomputes it).  (Its rounding error
       is ``eps * |x|``, the size of the error ``x`` already carries from the layer that
       computed it.)
     * The running statistics and ``num_batches_tracked`` stay where the parameters are:
@@ -167,7 +172,8 @@ class BatchNorm2d(Module):
         self.register_buffer("running_mean", np.zeros(self.num_features, dtype=np.float32))
         self.register_buffer("running_var", np.ones(self.num_features, dtype=np.float32))
         self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
-        self._centred = None
+        self._input = None
+        self._mean = None
         self._inv_std = None
         self._used_batch_stats = None
 
@@ -192,45 +198,28 @@ class BatchNorm2d(Module):
                     f"(N*H*W > 1), got input of shape {tuple(x.shape)}"
                 )
             mean = x.mean(axis=(0, 2, 3))  # (C,), in x's dtype
-            centred = xp.subtract(x, _per_channel(mean), out=self._buffer_for(x, keep))  # the cache (or y)
-            var = _channel_dot(centred, centred) / m  # biased; no squared temporary
+            y = xp.subtract(x, _per_channel(mean))  # the centred map, in the output's buffer
+            var = _channel_dot(y, y) / m  # biased; no squared temporary
             self._update_running_stats(mean, var, m)
             inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,)
             scale = gamma * inv_std  # gamma / sigma
-            # y = gamma * xhat + beta = centred * (gamma / sigma) + beta
-            y = xp.multiply(centred, _per_channel(scale), out=None if keep else centred)
+            # y = gamma * xhat + beta = centred * (gamma / sigma) + beta, in place
+            y *= _per_channel(scale)
             y += _per_channel(beta)
         else:  # the running statistics: a fixed affine map per channel
-            mean = self.running_mean.astype(dtype, copy=False)
+            mean = self.running_mean.astype(dtype, copy=True)  # a copy: a later forward may update the buffer
             inv_std = 1.0 / xp.sqrt(self.running_var.astype(dtype, copy=False) + self.eps)
             scale = gamma * inv_std
             y = x * _per_channel(scale)  # y = x * gamma/sigma + (beta - mu * gamma/sigma)
             y += _per_channel(beta - mean * scale)
-            if keep:  # only a backward needs the centred map
-                centred = xp.subtract(x, _per_channel(mean), out=self._buffer_for(x, keep))
 
         if keep:
-            self._centred, self._inv_std, self._used_batch_stats = centred, inv_std, bool(self.training)
+            self._input, self._mean, self._inv_std = x, mean, inv_std
+            self._used_batch_stats = bool(self.training)
         return y  # without keep, the caches of an earlier forward stay as they were
 
-    def _buffer_for(self, x, keep: bool):
-        """The full-size buffer that becomes ``centred``: last step's when it fits, else a new one.
-
-        ``self._centred`` never leaves the layer, so the next forward may overwrite it (one
-        large allocation, and its page faults, less, unless a model's backward released it
-        first: :meth:`~minisegnet.module.Module.release_caches`).  Under ``no_grad`` the
-        buffer becomes the returned ``y`` and the stored cache must survive, so it is
-        always new.
-        """
-        xp = get_array_module(x)
-        if not keep:
-            return xp.empty(x.shape, dtype=x.dtype)
-        old = self._centred
-        self._centred = None
-        if old is not None and old.shape == x.shape and old.dtype == x.dtype \
-                and get_array_module(old) is xp:
-            return old
-        return xp.empty(x.shape, dtype=x.dtype)
+    def _release_cache(self) -> None:
+        self._input = self._mean = self._inv_std = None
 
     def _update_running_stats(self, mean, var, m: int) -> None:
         """Move the running estimates towards this batch (in place on the buffers).
@@ -252,33 +241,29 @@ class BatchNorm2d(Module):
         running_var *= 1.0 - momentum
         running_var += momentum * unbiased_var.astype(running_var.dtype, copy=False)
 
-    def _release_cache(self) -> None:
-        self._centred = self._inv_std = None
-
     # -- backward ---------------------------------------------------------------------
+    @releases_cache
     def backward(self, dy):
-        centred = require_cache(_LAYER, self._centred)
-        check_grad_shape(_LAYER, dy, centred.shape)
+        x = require_cache(_LAYER, self._input)
+        check_grad_shape(_LAYER, dy, x.shape)
+        xp = get_array_module(dy)
         inv_std = self._inv_std
-        dtype = centred.dtype
+        dtype = x.dtype
         gamma = self.weight.data.astype(dtype, copy=False)
         scale = gamma * inv_std  # gamma / sigma, per channel
-        if not self._used_batch_stats:  # eval-mode forward: an affine map per channel
-            if self.weight.requires_grad:
-                self.weight.accumulate_grad(_channel_dot(dy, centred) * inv_std)  # sum dy * xhat
-            if self.bias.requires_grad:
-                self.bias.accumulate_grad(dy.sum(axis=(0, 2, 3)))
-            return dy * _per_channel(scale)
-
+        dx = xp.subtract(x, _per_channel(self._mean))  # the centred input, in the buffer of dx
+        dgamma = _channel_dot(dy, dx) * inv_std  # sum dy * xhat, xhat = centred / sigma
         dbeta = dy.sum(axis=(0, 2, 3))  # needed by dx even when the parameters are frozen
-        dgamma = _channel_dot(dy, centred) * inv_std  # sum dy * xhat, xhat = centred / sigma
-        n, _, h, w = centred.shape
+        if not self._used_batch_stats:  # eval-mode forward: an affine map per channel
+            self.weight.accumulate_grad(dgamma)
+            self.bias.accumulate_grad(dbeta)
+            return xp.multiply(dy, _per_channel(scale), out=dx)
+        n, _, h, w = x.shape
         m = n * h * w
-        # dx = (gamma/sigma) * (dy - dbeta/m - xhat * dgamma/m), one full-size buffer
-        dx = centred * _per_channel(inv_std * dgamma / m)  # xhat * dgamma/m
-        dx += _per_channel(dbeta / m)
-        xp = get_array_module(dy)
-        xp.subtract(dy, dx, out=dx)
+        # dx = (gamma/sigma) * (dy - dbeta/m - xhat * dgamma/m), in place on the centred map
+        dx *= _per_channel(-inv_std * dgamma / m)  # -xhat * dgamma/m
+        dx += dy
+        dx -= _per_channel(dbeta / m)
         dx *= _per_channel(scale)
         self.weight.accumulate_grad(dgamma)
         self.bias.accumulate_grad(dbeta)

@@ -184,7 +184,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..grad_mode import is_grad_enabled
-from ..module import Module, Parameter
+from ..module import Module, Parameter, releases_cache
 from ..validation import check_feature_map, check_grad_shape, check_matches_parameters, require_cache
 from ..workspace import MAP_SCRATCH, WORKSPACE, clear_workspace
 from .conv_tiling import (flat_windows, gather_tile, gathered_windows, image_ranges, output_tiles, plan_output_tiles,
@@ -511,6 +511,7 @@ class Conv2d(Module):
         self._padded_input = None
 
     # -- backward -----------------------------------------------------------------
+    @releases_cache
     def backward(self, dy):
         padded = require_cache(self._name, self._padded_input)
         check_grad_shape(self._name, dy, self._output_shape)

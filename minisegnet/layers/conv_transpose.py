@@ -81,7 +81,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..grad_mode import is_grad_enabled
-from ..module import Module, Parameter
+from ..module import Module, Parameter, releases_cache
 from ..validation import check_feature_map, check_grad_shape, check_matches_parameters, require_cache
 
 __all__ = ["ConvTranspose2d", "bilinear_kernel"]
@@ -291,6 +291,7 @@ class ConvTranspose2d(Module):
         self._input_columns = None
 
     # -- backward ---------------------------------------------------------------------
+    @releases_cache
     def backward(self, dy):
         columns = require_cache(self._name, self._input_columns)
         check_grad_shape(self._name, dy, self._output_shape)

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..backend import get_array_module, is_array
 from ..grad_mode import is_grad_enabled
-from ..module import Module
+from ..module import Module, releases_cache
 from ..validation import check_grad_shape, require_cache
 
 _LAYER = "Dropout"
@@ -110,6 +110,7 @@ class Dropout(Module):
     def _release_cache(self) -> None:
         self._keep_mask = self._output_shape = None
 
+    @releases_cache
     def backward(self, dy):
         shape = require_cache(_LAYER, self._output_shape)
         check_grad_shape(_LAYER, dy, shape)

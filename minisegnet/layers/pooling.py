@@ -38,7 +38,7 @@ import numpy as np
 from ..backend import device_of, get_array_module, is_array
 from ..grad_mode import is_grad_enabled
 from .masking import select
-from ..module import Module
+from ..module import Module, releases_cache
 from ..validation import check_feature_map, check_grad_shape, require_cache
 
 
@@ -308,6 +308,7 @@ class MaxPool2d(Module):
     def _release_cache(self) -> None:
         self._argmax = None
 
+    @releases_cache
     def backward(self, dy):
         """``dx = scatter(dy, argmax)``: each gradient goes to the pixel that won its window."""
         argmax = require_cache("MaxPool2d", self._argmax)
@@ -469,6 +470,7 @@ class MaxUnpool2d(Module):
     def _release_cache(self) -> None:
         self._argmax = None
 
+    @releases_cache
     def backward(self, dy):
         """``dx = gather(dy, argmax)``: each pooled value's gradient is read where it was written."""
         argmax = require_cache("MaxUnpool2d", self._argmax)

@@ -60,7 +60,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..grad_mode import is_grad_enabled
-from ..module import Module
+from ..module import Module, releases_cache
 from ..validation import check_feature_map, check_grad_shape, require_cache
 
 __all__ = ["Upsample", "interpolation_matrix", "nearest_indices"]
@@ -202,6 +202,7 @@ class Upsample(Module):
     def _release_cache(self) -> None:
         self._along_h = self._along_w = None
 
+    @releases_cache
     def backward(self, dy):
         along_h = require_cache(self._name, self._along_h)
         along_w = self._along_w

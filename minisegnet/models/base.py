@@ -102,27 +102,39 @@ class SegmentationModel(Module):
         ``None`` otherwise: nobody trains the image, and skipping it spares the first
         convolution its largest product (its ``needs_input_grad`` is set accordingly).
 
-        ``release`` (the default): each stage lets go of its forward's cache as soon as its
-        backward is done (:meth:`~minisegnet.module.Module.release_caches`), so the memory of
+        ``release`` (the default): every layer lets go of its forward's cache as soon as its
+        own backward has returned (:func:`~minisegnet.module.releases_cache`), so the memory of
         the decoder's full-size maps is free again when the encoder's first stage needs room
         for its gradients; a second backward then needs a new forward.  ``release=False``
         keeps every cache, for another backward of the same forward.
         """
         self.input_layer.needs_input_grad = bool(input_grad)
-        grad = self._backward_through(self.classifier, dlogits, release)
-        for stage in reversed(self.decoder):
-            grad = self._backward_through(stage, grad, release)
-        for stage in reversed(self.encoder):
-            grad = self._backward_through(stage, grad, release)
+        with self._releasing(release):
+            grad = self.classifier.backward(dlogits)
+            for stage in reversed(self.decoder):
+                grad = stage.backward(grad)
+            for stage in reversed(self.encoder):
+                grad = stage.backward(grad)
         return grad if input_grad else None
 
-    @staticmethod
-    def _backward_through(stage, grad, release: bool):
-        """``stage.backward(grad)``, then (``release``) the stage's caches let go."""
-        grad = stage.backward(grad)
+    @contextmanager
+    def _releasing(self, release: bool):
+        """For a ``with`` block: each layer's backward drops its cache after it (``release``), then all do.
+
+        Sets ``release_after_backward`` on every module for the block and clears it after,
+        even after an error; with ``release``, whatever a module still holds at the end
+        (one without a decorated backward) goes too.
+        """
+        modules = list(self.modules())
+        for module in modules:
+            module.release_after_backward = bool(release)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.release_after_backward = False
         if release:
-            stage.release_caches()
-        return grad
+            self.release_caches()
 
     # -- modes ----------------------------------------------------------------------
     @contextmanager

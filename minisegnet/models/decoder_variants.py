@@ -281,28 +281,25 @@ class FCNBasic(_BasicEncoderModel):
         input and of the map it added; then the encoder in reverse, where the gradient of
         pool{i-1} is the sum of what comes back through encoder stage i and through the
         skip (and its 1×1 conv) that decoder stage i added.  ``release`` as in
-        :meth:`SegmentationModel.backward`: each part lets go of its cache once its backward is done.
+        :meth:`SegmentationModel.backward`: each layer lets go of its cache once its backward is done.
         """
         self.input_layer.needs_input_grad = bool(input_grad)
-        through = self._backward_through
-        grad = dlogits if self.classifier is None else through(self.classifier, dlogits, release)
-        skip_grads = {}
-        for i in range(1, NUM_STAGES + 1):
-            stage = self.decoder[f"stage{i}"]
-            grad, dskip = stage.backward(grad)
-            if release:
-                stage.release_caches()
-            if dskip is not None:
-                skip_grads[i] = dskip
-        if self.score is not None:
-            grad = through(self.score, grad, release)
-        for i in range(NUM_STAGES, 0, -1):
-            grad = through(self.encoder[f"stage{i}"], grad, release)
-            if i in skip_grads:  # pool{i-1} also fed decoder stage i
-                dskip = skip_grads[i]
-                if self.score_skips is not None:
-                    dskip = through(self.score_skips[f"pool{i - 1}"], dskip, release)
-                grad = grad + dskip
+        with self._releasing(release):
+            grad = dlogits if self.classifier is None else self.classifier.backward(dlogits)
+            skip_grads = {}
+            for i in range(1, NUM_STAGES + 1):
+                grad, dskip = self.decoder[f"stage{i}"].backward(grad)
+                if dskip is not None:
+                    skip_grads[i] = dskip
+            if self.score is not None:
+                grad = self.score.backward(grad)
+            for i in range(NUM_STAGES, 0, -1):
+                grad = self.encoder[f"stage{i}"].backward(grad)
+                if i in skip_grads:  # pool{i-1} also fed decoder stage i
+                    dskip = skip_grads[i]
+                    if self.score_skips is not None:
+                        dskip = self.score_skips[f"pool{i - 1}"].backward(dskip)
+                    grad = grad + dskip
         return grad if input_grad else None
 
 

@@ -13,7 +13,7 @@ For each row (a layer without sub-modules, or a block that asks to be shown as o
     what the layer returned, and how many learnable values it owns.
 ``backward_bytes``
     the bytes the layer keeps for its backward after a training forward: the padded input
-    of a convolution, BatchNorm's normalised input, ReLU's mask, the pooling's argmax.
+    of a convolution, BatchNorm's input, ReLU's mask, the pooling's argmax.
     Measured on the arrays the layers hold (each array counted once, where it is first
     kept).  This is the memory a training step needs besides the weights.
 ``decoder_bytes``
