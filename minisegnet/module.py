@@ -20,7 +20,7 @@ Three switches, kept apart as in PyTorch:
     optimizers leave it alone.
 
 What a forward keeps for its backward (the padded input of a convolution, BatchNorm's
-centred map, ReLU's mask, pooling's indices) stays with the layer until the next forward
+input, ReLU's mask, pooling's indices) stays with the layer until the next forward
 replaces it, so a layer's ``backward`` may be called again with another upstream gradient.
 :meth:`Module.release_caches` lets it go.  A model's ``backward`` (``release=True``, the
 default) has every layer let go of its cache as soon as that layer's own backward has

@@ -26,7 +26,7 @@ forward) and its input gradient on that grid (in the backward), and the widened 
 selection (:func:`~minisegnet.layers.masking.select`, in ReLU's and pooling's backward).  Each is
 written and read within one call of one layer, and no layer's call starts before the previous one
 has returned, so they take the *same* role: one map-sized array for the step instead of three
-(measured: 87 MiB less at the peak of a SegNet-Basic step at 4×180×240, see ``BENCHMARKS.md``).
+(measured: 87 MiB less scratch held by a SegNet-Basic step at 4×180×240, see ``BENCHMARKS.md``).
 A call that needs two map-sized arrays at once (a backward's upstream gradient on the grid
 and its input gradient) takes a role of its own for the second.
 
