@@ -79,34 +79,34 @@ def _size(text: str):
 
 def _scale_range(text: str) -> tuple:
     """``"0.75,1.25"`` -> ``(0.75, 1.25)``: two finite numbers with 0 < LO <= HI (--scale-jitter)."""
-    parts = text.split(",")
+    from .data.transforms import scale_range
+
     try:
-        lo, hi = (float(part) for part in parts) if len(parts) == 2 else (None, None)
+        checked = scale_range([float(part) for part in text.split(",")])
     except ValueError:
-        lo = hi = None
-    if lo is None or not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        checked = None
+    if checked is None:
         raise argparse.ArgumentTypeError(f"expected LO,HI with 0 < LO <= HI, e.g. 0.75,1.25, got {text!r}")
-    return lo, hi
+    return checked
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(low: int, expected: str):
+    """An argparse type: an integer >= ``low``, else the error ``expected {expected}, got '...'``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "a whole number >= 0")
 
 
 def _positive_float(text: str) -> float:

@@ -88,6 +88,7 @@ import numpy as np
 
 from .backend import resolve_device
 from .data import NUM_CLASSES, parse_size
+from .data.transforms import scale_range
 from .models import MODELS
 
 __all__ = ["TrainConfig", "SOLVER_DEFAULTS", "DEFAULT_CLASS_WEIGHT_POWER", "OPTIMIZERS", "SCHEDULES", "DATASETS",
@@ -414,18 +415,13 @@ class TrainConfig:
 
 
 def _scale_pair(value) -> tuple:
-    """``scale_jitter`` as ``(lo, hi)`` floats: finite, ``0 < lo <= hi``; ``ValueError`` naming the field otherwise."""
-    try:
-        lo, hi = value
-        ok = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-                 for v in (lo, hi))
-        lo, hi = (float(lo), float(hi)) if ok else (None, None)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
+    """``scale_jitter`` as ``(lo, hi)`` floats (:func:`~minisegnet.data.transforms.scale_range`); ``ValueError`` naming
+    the field otherwise."""
+    checked = scale_range(value)
+    if checked is None:
         raise ValueError(f"TrainConfig.scale_jitter: expected a pair (lo, hi) of finite numbers with 0 < lo <= hi, "
                          f"e.g. (0.75, 1.25), or None, got {value!r}")
-    return lo, hi
+    return checked
 
 
 def _labelled(given) -> dict:

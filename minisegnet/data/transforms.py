@@ -202,19 +202,26 @@ class EvalTransform:
         return f"EvalTransform(size={self.size})"
 
 
-def _check_scale(scale):
-    """``scale`` as ``(lo, hi)`` floats, finite with ``0 < lo <= hi``; ``ValueError`` naming TrainTransform otherwise."""
+def scale_range(value) -> tuple | None:
+    """``value`` as a scale-jitter range ``(lo, hi)`` of floats, finite with ``0 < lo <= hi``; None if it is not one."""
     try:
-        lo, hi = scale
-        ok = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-                 for v in (lo, hi))
-        lo, hi = (float(lo), float(hi)) if ok else (None, None)
+        lo, hi = value
     except (TypeError, ValueError):
-        ok = False
-    if not ok or not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        return None
+    if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+               for v in (lo, hi)):
+        return None
+    lo, hi = float(lo), float(hi)
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi else None
+
+
+def _check_scale(scale):
+    """``scale`` as ``(lo, hi)`` floats (:func:`scale_range`); ``ValueError`` naming TrainTransform otherwise."""
+    checked = scale_range(scale)
+    if checked is None:
         raise ValueError(f"TrainTransform: scale must be a pair (lo, hi) of finite numbers with 0 < lo <= hi, "
                          f"e.g. (0.75, 1.25), got {scale!r}")
-    return lo, hi
+    return checked
 
 
 def _crop_or_pad(image, label, size, rng, fill_label):
