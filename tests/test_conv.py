@@ -394,6 +394,80 @@ def test_no_grad_forward_between_forward_and_backward_changes_nothing(algorithm,
     np.testing.assert_allclose(conv.bias.grad, expected[3], rtol=1e-12)
 
 
+#: ``max_band_columns`` of a no-grad forward on a (3, C, 9, 11) input: one band of the whole
+#: batch, whole images per band (two per band: 2 · 11 · 13 padded positions), several rows of
+#: one image, a single output row per band.
+BANDS = {"whole batch": 10**6, "images": 2 * 11 * 13, "rows": 3 * 13, "row": 1}
+
+
+@pytest.mark.parametrize("algorithm", algorithms_for(1) + ["gathered-stride2"])
+@pytest.mark.parametrize("bands", list(BANDS))
+@pytest.mark.parametrize("padding", [0, 1, 2])
+def test_no_grad_forward_in_bands_computes_the_definition(algorithm, bands, padding, rng):
+    """A forward that keeps nothing runs in bands of output rows, each from its own padded rows."""
+    stride = 2 if algorithm == "gathered-stride2" else 1
+    conv = make_conv(4, 5, 3, stride=stride, padding=padding,
+                     algorithm="gathered" if stride == 2 else algorithm)
+    conv.bias.data = rng.standard_normal(5)
+    conv.max_band_columns = BANDS[bands]
+    x = rng.standard_normal((3, 4, 9, 11))
+    with no_grad():
+        y = conv.forward(x)
+    expected = reference.conv2d(x, conv.weight.data, conv.bias.data, (stride, stride), (padding, padding))
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_no_grad_bands_are_what_the_plan_says(monkeypatch, rng):
+    """The band plan: whole images when they fit, else equal runs of rows; each band padded on its own."""
+    conv = make_conv(2, 3, 3, padding=1)
+    seen = []
+    original = conv._padded_band
+
+    def spy(xp, x, n0, n1, r0, r1):
+        band = original(xp, x, n0, n1, r0, r1)
+        seen.append(((n0, n1, r0, r1), band.shape))
+        return band
+
+    monkeypatch.setattr(conv, "_padded_band", spy)
+    x = rng.standard_normal((3, 2, 9, 11))  # padded rows are 13 wide
+    for columns, bands in [(10**6, [((0, 3, 0, 9), (2, 3, 11, 13))]),
+                           (2 * 11 * 13, [((0, 2, 0, 9), (2, 2, 11, 13)), ((2, 3, 0, 9), (2, 1, 11, 13))]),
+                           (4 * 13, [((m, m + 1, r0, r0 + 3), (2, 1, 5, 13)) for m in range(3) for r0 in (0, 3, 6)])]:
+        seen.clear()
+        conv.max_band_columns = columns
+        with no_grad():
+            conv.forward(x)
+        assert seen == bands, columns
+
+
+def test_no_grad_forward_holds_one_band_not_the_whole_map(rng):
+    """Inference memory (tracemalloc, deterministic): input and output, and scratch of one band.
+
+    Kept as a whole, the padded input and the output grid would be two more maps.
+    """
+    import tracemalloc
+
+    conv = make_conv(32, 32, 3, padding=1, dtype=np.float32)  # "flat-flipped"
+    x = rng.standard_normal((2, 32, 192, 192), dtype=np.float32)
+    map_bytes = x.nbytes  # the output has the same size
+    peaks = {}
+    for columns in (Conv2d.max_band_columns, None):
+        conv.max_band_columns = columns
+        clear_workspace()
+        tracemalloc.start()
+        try:
+            with no_grad():
+                y = conv.forward(x)
+            peaks[columns] = tracemalloc.get_traced_memory()[1] - y.nbytes
+            del y
+        finally:
+            tracemalloc.stop()
+    assert peaks[Conv2d.max_band_columns] < 0.75 * map_bytes, peaks  # most of it the stacked copy of one stretch
+    assert peaks[None] > peaks[Conv2d.max_band_columns] + 1.5 * map_bytes, peaks  # whole: padded input and output grid
+    assert max(a.nbytes for a in WORKSPACE.arrays().values()) > 0.9 * map_bytes  # (that last one's scratch)
+    clear_workspace()
+
+
 def test_eval_mode_forward_then_backward(rng):
     """Eval mode changes nothing a convolution computes: its backward works and agrees."""
     conv = make_conv(3, 2, 3, padding=1)

@@ -173,6 +173,25 @@ the padded input (``self._padded_input``) for the backward while gradients are e
 inside ``with minisegnet.no_grad():`` it keeps nothing and leaves what an earlier forward
 kept untouched (it pads into scratch instead), so an inference call between a forward and
 its backward changes nothing.
+
+Inference in bands of rows
+--------------------------
+A forward that keeps nothing need not hold the whole padded input, nor the whole output on
+its padded grid: output rows ``r0 .. r1-1`` read only padded rows ``sh·r0`` to
+``sh·(r1-1) + kh - 1``, and those rows are a padded input of their own, whose output rows are
+exactly the band's.  So on the CPU the no-grad forward cuts the output into *bands* (whole
+images when they fit ``Conv2d.max_band_columns`` positions of the padded grid, else equal
+runs of rows of one image, :func:`~minisegnet.layers.conv_tiling.plan_output_tiles`), pads
+each band's rows from ``x`` into scratch (zeros above, below and at the sides), runs the
+layer's algorithm on that small padded input unchanged, and writes the band's result,
+bias added, straight into the output.  The memory of a call is then ``x``, ``y`` and one
+band's scratch, where the whole-batch forward held two more maps (the padded copy and the
+output grid), and those stayed in the workspace for the rest of the pass.  The price is that
+the ``kh - sh`` padded rows two neighbouring bands share are copied twice (2 rows of every
+band's 18 for a 3×3 layer at 360×480, in a copy that is one pass over the input); the GEMMs
+keep their shapes, because a band (8192 positions) is as long as one stacked copy's stretch.
+A forward that keeps its input for the backward still pads the whole batch (the backward
+needs it), and so does CuPy, whose kernels want the whole batch per launch.  Measured in ``BENCHMARKS.md``.
 """
 from __future__ import annotations
 
@@ -286,6 +305,12 @@ class Conv2d(Module):
     #: (:func:`~minisegnet.layers.conv_tiling.plan_output_tiles`; reasons: module docstring).
     #: None, and on a GPU: as many as ``max_workspace_bytes`` allows.
     max_tile_columns: int | None = 4096
+    #: The most positions of the padded grid per *band* of a forward that keeps nothing (inside
+    #: ``no_grad()``, on the CPU): whole images when they fit, else a run of output rows of one
+    #: image, each computed from its own padded rows and written straight into the output, so
+    #: the padded input and the output grid are one band's, not the batch's (module docstring).
+    #: None: the whole batch at once, as a forward that keeps its input does.
+    max_band_columns: int | None = 8192
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
                  *, rng=None, algorithm: str = "auto", needs_input_grad: bool = True):
@@ -427,22 +452,53 @@ class Conv2d(Module):
         n, c, h, w = x.shape
         o = self.out_channels
         ho, wo = self._output_size(h, w)
-        keep = is_grad_enabled()
-        padded = self._pad(xp, x, keep)
-        y_cnhw = algorithm.forward(self, xp, padded, ho, wo)
-
         y = xp.empty((n, o, ho, wo), dtype=x.dtype)
-        if self.bias is not None:  # back to NCHW and add the bias, in one pass
-            xp.add(y_cnhw.transpose(1, 0, 2, 3), self.bias.data.reshape(1, o, 1, 1), out=y)
-        else:
-            y[...] = y_cnhw.transpose(1, 0, 2, 3)
+        keep = is_grad_enabled()
+        if not keep and xp is np and self.max_band_columns is not None:  # nothing kept: in bands of rows
+            wp = w + 2 * self.padding[1]
+            images, rows = plan_output_tiles(n, ho, wp, 1, self.max_band_columns)
+            for n0, n1, r0, r1 in output_tiles(n, ho, images, rows):
+                band = self._padded_band(xp, x, n0, n1, r0, r1)
+                self._write_output(xp, algorithm.forward(self, xp, band, r1 - r0, wo), y[n0:n1, :, r0:r1])
+            return y
 
+        padded = self._pad(xp, x, keep)
+        self._write_output(xp, algorithm.forward(self, xp, padded, ho, wo), y)
         if keep:  # inside no_grad() the previous forward's cache stays as it was
             self._padded_input = padded
             self._input_shape = tuple(x.shape)
             self._output_shape = tuple(y.shape)
             self._forward_algorithm = algorithm.name
         return y
+
+    def _write_output(self, xp, y_cnhw, out):
+        """``out`` (N, O, Ho, Wo) <- ``y_cnhw`` (O, N, Ho, Wo) + bias: back to NCHW and the bias added, one pass."""
+        if self.bias is not None:
+            xp.add(y_cnhw.transpose(1, 0, 2, 3), self.bias.data.reshape(1, -1, 1, 1), out=out)
+        else:
+            out[...] = y_cnhw.transpose(1, 0, 2, 3)
+
+    def _padded_band(self, xp, x, n0: int, n1: int, r0: int, r1: int):
+        """Scratch (C, n1-n0, rows, Wp): the zero-padded rows that output rows ``r0 .. r1-1`` read, channel-major.
+
+        Those are padded rows ``sh·r0`` to ``sh·(r1-1) + kh - 1``: a padded input of its own,
+        whose output rows are the band's (every algorithm computes it unchanged).  Padding
+        rows above and below the image and the padding columns are zeros; the rest is
+        copied from ``x[n0:n1]``.
+        """
+        c, h, w = x.shape[1:]
+        (kh, _), (sh, _), (ph, pw) = self.kernel_size, self.stride, self.padding
+        top, rows = sh * r0, sh * (r1 - r0 - 1) + kh
+        band = WORKSPACE.take(x, "conv.padded", (c, n1 - n0, rows, w + 2 * pw))
+        first = min(max(top, ph), top + rows) - top  # band rows first .. last-1 hold input rows
+        last = max(min(top + rows, ph + h) - top, first)
+        band[:, :, :first] = 0
+        band[:, :, last:] = 0
+        if pw:
+            band[:, :, first:last, :pw] = 0
+            band[:, :, first:last, pw + w :] = 0
+        band[:, :, first:last, pw : pw + w] = x[n0:n1, :, top + first - ph : top + last - ph].transpose(1, 0, 2, 3)
+        return band
 
     def _forward_shifted(self, xp, padded, ho: int, wo: int, flat: bool):
         """``Y = sum_ij W_ij @ X_ij``: flat column slices (stride 1) or gathered strided windows.
