@@ -147,11 +147,17 @@ Each formulation above is a named entry of :data:`ALGORITHMS`:
                      one GEMM; dx by col2im.  Contiguous operands: the CuPy path.
 ``"flat-stacked-weights"``  stride 1: all kh·kw·O weight rows in one GEMM, the products summed
                      shifted (below); the backward of "flat-flipped".
+``"winograd"``       3×3, stride 1: Winograd's F(2×2, 3×3) on 4×4 input tiles, 16 products per
+                     chunk of tiles, 2.25 times fewer multiplications; derivation, backward
+                     included, in :mod:`~minisegnet.layers.conv_winograd`.
 
 ``"auto"`` (the default) decides from the weight's array module and the layer's shape:
 
 * not NumPy (CuPy): ``"tiled-im2col"``, for its contiguous operands;
 * NumPy, stride > 1: ``"gathered"``;
+* NumPy, stride 1, a 3×3 kernel with C and O both at least 256: ``"winograd"`` (2.25 times
+  fewer multiplications; its transforms are passes over memory, which the products of
+  wide layers outweigh and those of 64 or 128 channels do not);
 * NumPy, stride 1, C < O: ``"tiled-im2col"`` (the kw-stacked GEMMs would be only kw·C deep);
 * NumPy, stride 1, C >= O, O < 32 and a kernel larger than 1×1: ``"flat-stacked-weights"``
   (GEMMs with O < 32 rows run far below BLAS peak; kh·kw·O rows do not; for 1×1 both are
@@ -162,9 +168,9 @@ Each formulation above is a named entry of :data:`ALGORITHMS`:
 Measured comparisons behind the rule: ``BENCHMARKS.md``.  ``conv.algorithm`` is what was
 asked for, ``conv.resolved_algorithm`` what runs; ``conv.algorithm`` can be changed at any
 time (a backward uses the algorithm of the forward it differentiates).  Another
-formulation (Winograd for 3×3 kernels, FFT for 7×7) is one more :class:`Algorithm` entry
-with its forward, its backward and the layers it can serve, and a line in
-:meth:`Conv2d._choose_algorithm` if "auto" should pick it.
+formulation (FFT for 7×7, say) is one more :class:`Algorithm` entry with its forward, its
+backward and the layers it can serve, and a line in :meth:`Conv2d._choose_algorithm` if
+"auto" should pick it, as "winograd" was added.
 
 What is kept for the backward
 -----------------------------
@@ -206,6 +212,7 @@ from ..grad_mode import is_grad_enabled
 from ..module import Module, Parameter, releases_cache
 from ..validation import check_feature_map, check_grad_shape, check_matches_parameters, require_cache
 from ..workspace import MAP_SCRATCH, WORKSPACE, clear_workspace
+from .conv_winograd import winograd_backward, winograd_forward, winograd_unsupported
 from .conv_tiling import (flat_windows, gather_tile, gathered_windows, image_ranges, output_tiles, plan_output_tiles,
                           row_weights, scatter_tile)
 
@@ -236,6 +243,9 @@ class Algorithm:
     padded grid (C, N, Hp, Wp) or None when ``need_dx`` is False, dW (O, C, kh, kw) or None
     when ``need_dw`` is False (scratch is fine for both).
     ``unsupported(layer)`` says why the layer cannot use it (None: it can).
+    ``grid_multiple``: the algorithm computes the output on a grid whose height and width
+    are multiples of this (Winograd's 2×2 tiles: 2), so the padded input it gets has the
+    zero rows at the bottom and columns at the right that such a grid reads.
     """
 
     name: str
@@ -243,6 +253,7 @@ class Algorithm:
     forward: Callable
     backward: Callable
     unsupported: Callable = lambda layer: None
+    grid_multiple: int = 1
 
 
 def _needs_stride_one(layer) -> str | None:
@@ -271,7 +282,7 @@ class Conv2d(Module):
         state, so ``np.random.seed`` makes it reproducible.
     ``algorithm``
         ``"auto"`` or a name in :data:`ALGORITHMS` (``"flat-flipped"``, ``"flat-scatter"``,
-        ``"gathered"``, ``"tiled-im2col"``, ``"flat-stacked-weights"``): which formulation computes
+        ``"gathered"``, ``"tiled-im2col"``, ``"flat-stacked-weights"``, ``"winograd"``): which formulation computes
         forward and backward; "auto" chooses by the rule of the module docstring.  All give the
         same numbers up to rounding.  Readable and settable as ``conv.algorithm``;
         ``conv.resolved_algorithm`` is the name that runs.
@@ -395,6 +406,8 @@ class Conv2d(Module):
             return "tiled-im2col"
         if self.stride != (1, 1):
             return "gathered"
+        if self.kernel_size == (3, 3) and min(self.in_channels, self.out_channels) >= 256:
+            return "winograd"
         if self.in_channels < self.out_channels:
             return "tiled-im2col"
         kh, kw = self.kernel_size
@@ -413,8 +426,8 @@ class Conv2d(Module):
             )
         return xp
 
-    def _pad(self, xp, x, keep: bool):
-        """The zero-padded input, channel-major (C, N, Hp, Wp).
+    def _pad(self, xp, x, keep: bool, extra=(0, 0)):
+        """The zero-padded input, channel-major (C, N, Hp, Wp), with ``extra`` more zero rows and columns.
 
         Kept for the backward (``keep``), it is a layer-owned array: the previous forward's
         is overwritten when the shape still fits and it was not released
@@ -424,7 +437,7 @@ class Conv2d(Module):
         """
         n, c, h, w = x.shape
         ph, pw = self.padding
-        shape = (c, n, h + 2 * ph, w + 2 * pw)
+        shape = (c, n, h + 2 * ph + extra[0], w + 2 * pw + extra[1])
         previous = self._padded_input
         if not keep:
             padded = WORKSPACE.take(x, "conv.padded", shape)
@@ -436,9 +449,11 @@ class Conv2d(Module):
             padded = xp.empty(shape, dtype=x.dtype)
         if ph:
             padded[:, :, :ph] = 0
+        if ph or extra[0]:
             padded[:, :, ph + h :] = 0
         if pw:
             padded[:, :, :, :pw] = 0
+        if pw or extra[1]:
             padded[:, :, :, pw + w :] = 0
         padded[:, :, ph : ph + h, pw : pw + w] = x.transpose(1, 0, 2, 3)
         return padded
@@ -458,11 +473,12 @@ class Conv2d(Module):
             wp = w + 2 * self.padding[1]
             images, rows = plan_output_tiles(n, ho, wp, 1, self.max_band_columns)
             for n0, n1, r0, r1 in output_tiles(n, ho, images, rows):
-                band = self._padded_band(xp, x, n0, n1, r0, r1)
+                band = self._padded_band(xp, x, n0, n1, r0, r1, algorithm.grid_multiple)
                 self._write_output(xp, algorithm.forward(self, xp, band, r1 - r0, wo), y[n0:n1, :, r0:r1])
             return y
 
-        padded = self._pad(xp, x, keep)
+        multiple = algorithm.grid_multiple
+        padded = self._pad(xp, x, keep, extra=((-ho) % multiple, (-wo) % multiple))
         self._write_output(xp, algorithm.forward(self, xp, padded, ho, wo), y)
         if keep:  # inside no_grad() the previous forward's cache stays as it was
             self._padded_input = padded
@@ -478,18 +494,20 @@ class Conv2d(Module):
         else:
             out[...] = y_cnhw.transpose(1, 0, 2, 3)
 
-    def _padded_band(self, xp, x, n0: int, n1: int, r0: int, r1: int):
+    def _padded_band(self, xp, x, n0: int, n1: int, r0: int, r1: int, multiple: int = 1):
         """Scratch (C, n1-n0, rows, Wp): the zero-padded rows that output rows ``r0 .. r1-1`` read, channel-major.
 
         Those are padded rows ``sh·r0`` to ``sh·(r1-1) + kh - 1``: a padded input of its own,
         whose output rows are the band's (every algorithm computes it unchanged).  Padding
         rows above and below the image and the padding columns are zeros; the rest is
-        copied from ``x[n0:n1]``.
+        copied from ``x[n0:n1]``.  ``multiple``: the algorithm's
+        :attr:`Algorithm.grid_multiple` (zero rows and columns added to match).
         """
         c, h, w = x.shape[1:]
         (kh, _), (sh, _), (ph, pw) = self.kernel_size, self.stride, self.padding
-        top, rows = sh * r0, sh * (r1 - r0 - 1) + kh
-        band = WORKSPACE.take(x, "conv.padded", (c, n1 - n0, rows, w + 2 * pw))
+        wo = self._output_size(h, w)[1]
+        top, rows = sh * r0, sh * (r1 - r0 - 1) + kh + (-(r1 - r0)) % multiple
+        band = WORKSPACE.take(x, "conv.padded", (c, n1 - n0, rows, w + 2 * pw + (-wo) % multiple))
         first = min(max(top, ph), top + rows) - top  # band rows first .. last-1 hold input rows
         last = max(min(top + rows, ph + h) - top, first)
         band[:, :, :first] = 0
@@ -805,5 +823,9 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("flat-stacked-weights", "stride 1: all kh·kw·O weight rows in one GEMM, the products summed "
                   "shifted (good when O is small); the backward of 'flat-flipped'",
                   Conv2d._forward_stacked_weights, Conv2d._backward_flipped, _needs_stride_one),
+        Algorithm("winograd", "3x3, stride 1: Winograd's F(2x2, 3x3), 16 batched GEMMs per tile chunk on "
+                  "transformed 4x4 input tiles, 2.25 times fewer multiplications; the backward by the "
+                  "transposed transforms (good when C and O are large)",
+                  winograd_forward, winograd_backward, winograd_unsupported, grid_multiple=2),
     )
 }
