@@ -3,6 +3,7 @@
     python -m benchmarks.profile_step                              # SegNet-Basic, 4×3×180×240
     python -m benchmarks.profile_step --model segnet --batch 2
     python -m benchmarks.profile_step --quick                      # tiny shapes: a smoke run
+    python -m benchmarks.profile_step --eval                       # an eval forward (no_grad) instead
 
 ``benchmarks.run`` times each layer shape in isolation, where its arrays are warm and its
 scratch is reused call after call.  Inside a step they are not: a layer's output is a new
@@ -14,7 +15,8 @@ and a count of the process's minor page faults (``getrusage``), runs ``--warmup`
 steps and then ``--repeats`` timed ones, and reports per layer type and for the largest
 layers: milliseconds per step, the share of the step, and page faults per step.  What is
 not inside a layer (``zero_grad``, the optimizer, Python between the layers) is the row
-"outside the layers".
+"outside the layers".  ``--eval`` profiles eval forwards (``no_grad``, as ``predict`` runs them)
+the same way.
 
 The timers cost a few microseconds per call (under 0.1 % of a SegNet-Basic step).  The
 wrapped methods are attributes of the model's own layer objects; nothing in the library is
@@ -77,8 +79,11 @@ class LayerTimers:
 
 
 def profile(arch: str, batch: int, height: int, width: int, repeats: int, warmup: int,
-            segnet_width: float = 1.0) -> dict:
-    """Time ``repeats`` training steps of ``arch`` layer by layer; per-step numbers."""
+            segnet_width: float = 1.0, mode: str = "step") -> dict:
+    """Time ``repeats`` training steps (``mode="step"``) or eval forwards (``"eval"``) of ``arch``, layer by layer.
+
+    Per-call numbers: seconds and page faults per (layer, method), and for the whole call.
+    """
     case = ModelCase(arch, model_config(arch, segnet_width), batch, height, width, OurDevice("cpu"), None,
                      sides=("ours",), check_peer=False)
     timers = LayerTimers()
@@ -86,7 +91,7 @@ def profile(arch: str, batch: int, height: int, width: int, repeats: int, warmup
         if name and not list(layer.children()):
             timers.wrap(name, type(layer).__name__, layer)
     timers.wrap("loss", type(case.criterion).__name__, case.criterion)
-    step = case.our_step()
+    step = case.our_step() if mode == "step" else case.our_eval()
     for _ in range(warmup):
         step()
     timers.clear()
@@ -97,7 +102,7 @@ def profile(arch: str, batch: int, height: int, width: int, repeats: int, warmup
         steps.append(time.perf_counter() - start)
     faults = _faults() - faults
     per_step = {key: value / repeats for key, value in timers.seconds.items()}
-    return {"arch": arch, "input": (batch, 3, height, width), "repeats": repeats, "warmup": warmup,
+    return {"arch": arch, "mode": mode, "input": (batch, 3, height, width), "repeats": repeats, "warmup": warmup,
             "step_s": sum(steps) / repeats, "step_faults": faults / repeats, "layer_s": per_step,
             "layer_faults": {key: value / repeats for key, value in timers.faults.items()}, "kinds": timers.kinds}
 
@@ -107,8 +112,13 @@ def _ms(seconds: float) -> str:
 
 
 def markdown(result: dict, top: int = 8) -> str:
-    """The per-type table and the ``top`` largest layers of :func:`profile`'s result."""
+    """The per-type table and the ``top`` largest layers of :func:`profile`'s result.
+
+    For eval forwards (``mode="eval"``) the backward columns are left out.
+    """
     step = result["step_s"]
+    training = result.get("mode", "step") == "step"
+    call = "step" if training else "forward"
     by_kind = collections.defaultdict(lambda: [0.0, 0.0, 0.0, 0])  # fwd s, bwd s, faults, layers
     counted = set()
     for (name, method), seconds in result["layer_s"].items():
@@ -118,29 +128,38 @@ def markdown(result: dict, top: int = 8) -> str:
         if name not in counted:
             counted.add(name)
             entry[3] += 1
+
+    def times(fwd, bwd, total=True):
+        if not training:
+            return f"{_ms(fwd)} |"
+        return f"{_ms(fwd)} | {_ms(bwd)} |" + (f" {_ms(fwd + bwd)} |" if total else "")
+
     inside = sum(result["layer_s"].values())
-    lines = ["| layer type | layers | forward ms | backward ms | total ms | share of the step | page faults |",
-             "|---|---|---|---|---|---|---|"]
+    head = "forward ms | backward ms | total ms" if training else "forward ms"
+    lines = [f"| layer type | layers | {head} | share of the {call} | page faults |",
+             "|---|---|" + "---|" * (3 if training else 1) + "---|---|"]
     for kind, (fwd, bwd, faults, count) in sorted(by_kind.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
-        lines.append(f"| {kind} | {count} | {_ms(fwd)} | {_ms(bwd)} | {_ms(fwd + bwd)} | {(fwd + bwd) / step:.1%} "
-                     f"| {faults:.0f} |")
+        lines.append(f"| {kind} | {count} | {times(fwd, bwd)} {(fwd + bwd) / step:.1%} | {faults:.0f} |")
     outside_faults = max(0.0, result["step_faults"] - sum(result["layer_faults"].values()))  # no "-0"
-    lines.append(f"| outside the layers (zero_grad, optimizer) | | | | {_ms(step - inside)} | "
-                 f"{(step - inside) / step:.1%} | {outside_faults:.0f} |")
-    lines.append(f"| **the whole step** | | | | **{_ms(step)}** | 100% | {result['step_faults']:.0f} |")
+    outside = "outside the layers (zero_grad, optimizer)" if training else "outside the layers"
+    blanks = "| | " if training else ""  # the forward and backward columns
+    lines.append(f"| {outside} | | {blanks}{_ms(step - inside)} | {(step - inside) / step:.1%} | {outside_faults:.0f} |")
+    lines.append(f"| **the whole {call}** | | {blanks}**{_ms(step)}** | 100% | {result['step_faults']:.0f} |")
     per_layer = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
     for (name, method), seconds in result["layer_s"].items():
         per_layer[name][0 if method == "forward" else 1] += seconds
         per_layer[name][2] += result["layer_faults"][(name, method)]
     largest = sorted(per_layer.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:top]
-    layers = ["| layer | type | forward ms | backward ms | share of the step | page faults |",
-              "|---|---|---|---|---|---|"]
+    head = "forward ms | backward ms" if training else "forward ms"
+    layers = [f"| layer | type | {head} | share of the {call} | page faults |",
+              "|---|---|" + "---|" * (2 if training else 1) + "---|---|"]
     for name, (fwd, bwd, faults) in largest:
-        layers.append(f"| `{name}` | {result['kinds'][name]} | {_ms(fwd)} | {_ms(bwd)} | {(fwd + bwd) / step:.1%} "
-                      f"| {faults:.0f} |")
+        layers.append(f"| `{name}` | {result['kinds'][name]} | {times(fwd, bwd, total=False)} "
+                      f"{(fwd + bwd) / step:.1%} | {faults:.0f} |")
     shape = "×".join(map(str, result["input"]))
-    return "\n".join([f"{result['arch']} training step (SGD), {shape}, mean of {result['repeats']} steps after "
-                      f"{result['warmup']} untimed; milliseconds and minor page faults per step:", "", *lines, "",
+    what, calls = ("training step (SGD)", "steps") if training else ("eval forward (no_grad)", "forwards")
+    return "\n".join([f"{result['arch']} {what}, {shape}, mean of {result['repeats']} {calls} after "
+                      f"{result['warmup']} untimed; milliseconds and minor page faults per {call}:", "", *lines, "",
                       f"The {top} largest layers:", "", *layers])
 
 
@@ -153,6 +172,7 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, help="NumPy's BLAS threads (default: what the BLAS has)")
     parser.add_argument("--quick", action="store_true", help="32x48, batch 2, SegNet at width 0.25, one repeat")
+    parser.add_argument("--eval", action="store_true", help="profile eval forwards (no_grad) instead of steps")
     args = parser.parse_args(argv)
     try:
         args.height, args.width = (int(v) for v in args.size.lower().split("x"))
@@ -175,7 +195,7 @@ def main(argv=None) -> int:
         blas.set_threads(args.threads)
     print(f"profiling {args.model} at {args.batch}×3×{args.height}×{args.width} ...", file=sys.stderr, flush=True)
     result = profile(args.model, args.batch, args.height, args.width, args.repeats, args.warmup,
-                     0.25 if args.quick else 1.0)
+                     0.25 if args.quick else 1.0, mode="eval" if args.eval else "step")
     blas_record = blas.record()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"Measured with `python -m benchmarks.profile_step {' '.join(argv)}` on {machine.cpu_model()}, "

@@ -335,6 +335,14 @@ def test_blas_thread_limit_works_without_threadpoolctl():
     assert blas.threads == before
 
 
+def assert_tables_are_rectangular(markdown: str) -> None:
+    """Every row of every Markdown table has as many cells as its header."""
+    for block in markdown.split("\n\n"):
+        rows = [line for line in block.splitlines() if line.startswith("|")]
+        if rows:
+            assert {line.count("|") for line in rows} == {rows[0].count("|")}, block
+
+
 def test_step_profile_times_every_layer_inside_the_step(capsys):
     """benchmarks.profile_step: each leaf layer timed in the step; the types add up to the step with the rest."""
     from benchmarks import profile_step
@@ -352,3 +360,21 @@ def test_step_profile_times_every_layer_inside_the_step(capsys):
     conv_row = next(line for line in out.splitlines() if line.startswith("| Conv2d |"))
     assert conv_row.split("|")[2].strip() == "9"  # SegNet-Basic's 8 stage convolutions and the classifier
     assert "| outside the layers" in out and "**the whole step**" in out
+    assert_tables_are_rectangular(out)
+
+
+def test_eval_profile_times_every_forward_inside_the_eval_call(capsys):
+    """``--eval``: the leaf layers' forwards inside an eval forward, no backward, no loss."""
+    from benchmarks import profile_step
+    from minisegnet.models import build_model
+
+    result = profile_step.profile("segnet-basic", 2, 32, 48, repeats=1, warmup=1, mode="eval")
+    model = build_model("segnet-basic", **profile_step.model_config("segnet-basic", 1.0), rng=0)
+    leaves = {name for name, layer in model.named_modules() if name and not list(layer.children())}
+    assert {name for name, _ in result["layer_s"]} <= leaves and {m for _, m in result["layer_s"]} == {"forward"}
+    assert {name for name in leaves if "conv" in name} <= {name for name, _ in result["layer_s"]}
+    assert 0 < sum(result["layer_s"].values()) <= result["step_s"]
+    assert profile_step.main(["--quick", "--eval"]) == 0
+    out = capsys.readouterr().out
+    assert "eval forward (no_grad)" in out and "**the whole forward**" in out and "zero_grad" not in out
+    assert_tables_are_rectangular(out)
