@@ -34,9 +34,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness.waiting import wait_passively  # noqa: E402
+
+wait_passively()  # before NumPy and torch start their threads: interleaved timings stay fair to both
+
+import numpy as np  # noqa: E402
 
 from benchmarks.harness.machine import cpu_model  # noqa: E402
 from minisegnet.layers.conv import ALGORITHMS, Conv2d, clear_workspace  # noqa: E402

@@ -23,9 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness.waiting import wait_passively  # noqa: E402
+
+wait_passively()  # before NumPy and torch start their threads: interleaved timings stay fair to both
+
+import numpy as np  # noqa: E402
 
 from minisegnet.grad_mode import no_grad  # noqa: E402
 from minisegnet.layers import SoftmaxCrossEntropy  # noqa: E402

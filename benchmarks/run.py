@@ -58,13 +58,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# PyTorch's OpenMP threads spin for a while after each parallel region (the default "active"
-# wait); interleaved with us on 2 cores, that spinning took ~20 % of the next call's CPU from
-# OpenBLAS (measured on 2026-12-01: 7x7 64->64 forward 474 ms alone, 576 ms interleaved with
-# PyTorch, 507 ms with a passive wait, PyTorch itself 372 vs 383 ms).  Passive waiting makes the
-# interleaved comparison fair to both sides; it must be set before torch is imported, and it is
-# recorded with the machine.  Set OMP_WAIT_POLICY yourself to override it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Both sides' worker threads spin after each call unless told to sleep, and on 2 cores a
+# spinning thread takes a core from the other side's next call: passive waiting for both
+# (benchmarks/harness/waiting.py has the measurements).  Set before NumPy and torch start
+# their thread pools; recorded with the machine; set the variables yourself to override.
+from benchmarks.harness.waiting import wait_passively  # noqa: E402
+
+wait_passively()
 
 from benchmarks.harness import machine  # noqa: E402
 from benchmarks.harness.cases import (  # noqa: E402
