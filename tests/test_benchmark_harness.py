@@ -378,3 +378,36 @@ def test_eval_profile_times_every_forward_inside_the_eval_call(capsys):
     out = capsys.readouterr().out
     assert "eval forward (no_grad)" in out and "**the whole forward**" in out and "zero_grad" not in out
     assert_tables_are_rectangular(out)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_both_thread_pools_are_told_to_wait_passively():
+    """benchmarks.run sets OMP_WAIT_POLICY and OPENBLAS_THREAD_TIMEOUT unless the user did (a fresh process)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    probe = "import os, benchmarks.run; print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PASSIVE", "4"]
+    env["OPENBLAS_THREAD_TIMEOUT"] = "10"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PASSIVE", "10"]  # the user's setting wins
+
+
+@pytest.mark.parametrize("script", ["benchmarks/run.py", "benchmarks/bench_conv.py", "benchmarks/bench_training_step.py"])
+def test_passive_waiting_comes_before_numpy_and_torch_start(script):
+    """The variables are read when the thread pools start: the call must precede every import that starts them."""
+    import ast
+
+    tree = ast.parse((REPO / script).read_text())
+    order = []
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and \
+                getattr(node.value.func, "id", None) == "wait_passively":
+            order.append("wait")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if any(n.split(".")[0] in ("numpy", "torch", "minisegnet") or n.startswith("benchmarks.harness.")
+                   and not n.endswith("waiting") for n in names):
+                order.append("import")
+    assert "wait" in order and "import" not in order[: order.index("wait")], order
