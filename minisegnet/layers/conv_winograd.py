@@ -1,9 +1,10 @@
 r"""Winograd's minimal filtering F(2×2, 3×3): a 3×3 convolution with 16 multiplications per 4 outputs, not 36.
 
-The 1-D identity (Winograd 1980; Lavin & Gray, "Fast Algorithms for Convolutional Neural
-Networks", CVPR 2016)
---------------------------------------------------------------------------------------
-Two outputs of a 3-tap correlation, ``y_0 = d_0 g_0 + d_1 g_1 + d_2 g_2`` and
+The 1-D identity
+----------------
+(Winograd, "Arithmetic Complexity of Computations", 1980; for convolutional networks Lavin &
+Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016.)  Two outputs of a 3-tap
+correlation, ``y_0 = d_0 g_0 + d_1 g_1 + d_2 g_2`` and
 ``y_1 = d_1 g_0 + d_2 g_1 + d_3 g_2``, need 6 multiplications directly, but only 4 as ::
 
     m_0 = (d_0 - d_2) g_0                 m_1 = (d_1 + d_2) (g_0 + g_1 + g_2) / 2
@@ -66,10 +67,16 @@ The output is cut into 2×2 tiles, ``th = ceil(Ho/2)`` by ``tw = ceil(Wo/2)`` pe
 the padded input must be ``2·th + 2`` rows by ``2·tw + 2`` columns: the layer pads one more
 zero row (column) at the bottom (right) when Ho (Wo) is odd
 (:attr:`~minisegnet.layers.conv.Algorithm.grid_multiple`).  The tiles are taken a few tile
-rows at a time, over the whole batch -- a *chunk* -- so that the transformed tiles (16·C and
-16·O values per tile) stay within ``Conv2d.max_workspace_bytes`` and each product is at most
-``Conv2d.max_block_columns`` tiles long (operands and results then come back from cache).
-Every operand of the 16 products is contiguous, and they run as one batched ``matmul``.
+rows at a time, over the whole batch -- a *chunk* -- and within a chunk one row ξ of the
+transformed tiles at a time: ``t = (B^T d)_ξ`` (one row combination of the input rows),
+``V[ξ, :] = t B`` (its four column combinations), the four products ``M[ξ, ν]`` in one
+batched ``matmul``, and ``M[ξ, :]`` added into the output transform's rows ``A^T M``
+(``s``, 2 rows per tile) at once.  So V and M are never held for all 16 points: a chunk's
+scratch is about ``2·C + 4·C + 4·O + 8·O`` values per tile, where V and M whole would be
+``16·(C + O)``.  A chunk
+holds as many tile rows as half of ``Conv2d.max_workspace_bytes`` allows, and at most
+``Conv2d.max_block_columns`` tiles (the products' operands then come back from cache).
+Every operand of the products is contiguous (a transposed one is a BLAS flag).
 """
 from __future__ import annotations
 
@@ -90,8 +97,10 @@ _G_KRON_G = np.kron(_G, _G)
 
 # The scratch roles (:mod:`minisegnet.workspace`): the transformed tiles take the roles of the
 # other algorithms' largest scratch arrays, which never run at the same time, so that this
-# algorithm adds little to what the workspace holds: V the stacked shifted copies' role, M the
-# im2col blocks', and the two row-transform scratch arrays (never alive at once) one role.
+# algorithm adds little to what the workspace holds: V[ξ] (and dV[ξ] in the backward) the
+# stacked shifted copies' role, M[ξ] (dM[ξ]) the im2col blocks', the output transform's rows
+# (and their gradient) the stacked-weights products'; only the input's transformed row t
+# (and its gradient) has a role of its own.
 _V_ROLE, _M_ROLE, _ROWS_ROLE, _S_ROLE = "conv.shifted", "conv.im2col", "conv.winograd_rows", "conv.products"
 
 #: B^T and A^T as written above: which rows (columns) each transformed row (column) adds, with
@@ -111,6 +120,8 @@ def winograd_unsupported(layer) -> str | None:
 
 def transform_weights(xp, weight):
     """``U`` (16, O, C), contiguous: ``U[4ξ+ν] = (G g G^T)[ξ, ν]`` for every kernel ``g = weight[o, c]`` (3×3).
+
+    (``U.reshape(4, 4, O, C)[ξ]`` is then the four (O × C) matrices of row ξ, contiguous.)
 
     One product, ``(G ⊗ G) @ g`` with the kernels as the 9-row columns of a (9 × O·C) matrix.
     """
