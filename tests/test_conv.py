@@ -400,7 +400,7 @@ def test_no_grad_forward_between_forward_and_backward_changes_nothing(algorithm,
 BANDS = {"whole batch": 10**6, "images": 2 * 11 * 13, "rows": 3 * 13, "row": 1}
 
 
-@pytest.mark.parametrize("algorithm", algorithms_for(1) + ["gathered-stride2"])
+@pytest.mark.parametrize("algorithm", algorithms_for(1) + ["winograd", "gathered-stride2"])
 @pytest.mark.parametrize("bands", list(BANDS))
 @pytest.mark.parametrize("padding", [0, 1, 2])
 def test_no_grad_forward_in_bands_computes_the_definition(algorithm, bands, padding, rng):

@@ -205,6 +205,31 @@ def test_no_grad_forward_in_bands(band_columns, rng):
     np.testing.assert_allclose(y, definition(conv, x, np.zeros((2, 4, 9, 8)))[0], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_the_extra_row_and_column_are_zeros_not_stale_scratch(grad, rng):
+    """An odd output with padding 0: the added zero row and column are written, never left as scratch.
+
+    Scratch full of inf (a previous call's leftovers could be anything): reading it would
+    raise under ``np.errstate(invalid="raise")`` (inf - inf) and spoil nothing else.
+    """
+    from minisegnet.workspace import WORKSPACE, clear_workspace
+
+    conv = winograd_conv(3, 2, 0, True)
+    conv.max_band_columns = 2 * 11  # bands of a few rows
+    x = rng.standard_normal((2, 3, 9, 11))  # 7x9 output: odd both ways
+    clear_workspace()
+    for role in ("conv.padded", "conv.winograd_rows", "conv.shifted", "conv.im2col", "conv.products", "map"):
+        WORKSPACE.take(x, role, (10**5,))[...] = np.inf
+    with np.errstate(invalid="raise", over="raise"):
+        if grad:
+            y = conv.forward(x)
+        else:
+            with no_grad():
+                y = conv.forward(x)
+    np.testing.assert_allclose(y, definition(conv, x, np.zeros(y.shape))[0], rtol=1e-10, atol=1e-12)
+    clear_workspace()
+
+
 def test_layers_it_cannot_serve_say_why():
     with pytest.raises(ValueError, match=r"'winograd' needs a 3x3 kernel \(this layer has 5x5\)"):
         Conv2d(4, 4, 5, algorithm="winograd")

@@ -514,6 +514,7 @@ class Conv2d(Module):
         band[:, :, last:] = 0
         if pw:
             band[:, :, first:last, :pw] = 0
+        if band.shape[3] > pw + w:  # the right padding, and the column a grid multiple adds
             band[:, :, first:last, pw + w :] = 0
         band[:, :, first:last, pw : pw + w] = x[n0:n1, :, top + first - ph : top + last - ph].transpose(1, 0, 2, 3)
         return band
