@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from minisegnet import reference
+from minisegnet.backend import device_of, to_numpy
 from minisegnet.layers.conv import Conv2d
 
 
@@ -54,3 +55,15 @@ def assert_results_close(got, expected, what: str, rtol=1e-10, atol=1e-12):
             continue
         assert a.shape == b.shape, f"{what}: {name} shape {a.shape} != {b.shape}"
         np.testing.assert_allclose(a, b, rtol=rtol, atol=atol * max(1.0, np.abs(b).max()), err_msg=f"{what}: {name}")
+
+
+def assert_device_results_close(got, expected, device: str, dtype, what: str = "") -> None:
+    """``(y, dx, dW, db)`` computed on ``device`` in ``dtype``, against NumPy's ``expected``.
+
+    float32: rtol 1e-4 and atol 1e-4 of each array's largest value; float64: 1e-9 and 1e-11.
+    """
+    rtol, atol = (1e-4, 1e-4) if np.dtype(dtype) == np.float32 else (1e-9, 1e-11)
+    for name, a, b in zip(["y", "dx", "dW", "db"], got, expected):
+        label = f"{what}: {name}" if what else name
+        assert device_of(a) == device and a.dtype == dtype, label
+        np.testing.assert_allclose(to_numpy(a), b, rtol=rtol, atol=atol * float(np.abs(b).max()), err_msg=label)

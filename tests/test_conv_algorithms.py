@@ -16,13 +16,14 @@ import copy
 import numpy as np
 import pytest
 
-from minisegnet.backend import device_of, to_device, to_numpy
+from minisegnet.backend import to_device
 from minisegnet.gradcheck import check_module
 from minisegnet.layers import conv as conv_module
 from minisegnet.layers.conv import ALGORITHMS, Conv2d
 from minisegnet.layers.conv_tiling import equal_blocks, flat_windows, output_tiles, plan_output_tiles, plan_tiling
 
-from conv_helpers import assert_results_close as assert_close, definition, run, torch_conv
+from conv_helpers import assert_device_results_close, definition, run, torch_conv
+from conv_helpers import assert_results_close as assert_close
 from conv_helpers import make_conv as _make_conv
 
 TILED = ["tiled-im2col"]
@@ -380,8 +381,4 @@ def test_gpu_tiled_im2col_matches_numpy(case, dtype):
     dev = copy.deepcopy(conv).to(GPU_DEVICE)
     assert dev.resolved_algorithm == ("tiled-im2col" if GPU_DEVICE != "cpu" else conv.resolved_algorithm)
     got = run(dev, to_device(x, GPU_DEVICE), to_device(dy, GPU_DEVICE))
-    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-11)
-    for name, a, b in zip(["y", "dx", "dW", "db"], got, expected):
-        assert device_of(a) == GPU_DEVICE and a.dtype == dtype, name
-        np.testing.assert_allclose(to_numpy(a), b, rtol=tolerance["rtol"], atol=tolerance["atol"] * np.abs(b).max(),
-                                   err_msg=name)
+    assert_device_results_close(got, expected, GPU_DEVICE, dtype)

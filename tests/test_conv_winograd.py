@@ -13,13 +13,14 @@ import copy
 import numpy as np
 import pytest
 
-from minisegnet.backend import device_of, to_device, to_numpy
+from minisegnet.backend import to_device
 from minisegnet.grad_mode import no_grad
 from minisegnet.gradcheck import check_module
 from minisegnet.layers import conv_winograd as winograd
 from minisegnet.layers.conv import Conv2d
 
-from conv_helpers import assert_results_close as assert_close, definition, make_conv, run, torch_conv
+from conv_helpers import assert_device_results_close, definition, make_conv, run, torch_conv
+from conv_helpers import assert_results_close as assert_close
 
 # (N, C, O, H, W, padding, bias): even and odd output sizes (an odd one needs the extra zero row/column)
 CASES = {
@@ -263,8 +264,4 @@ def test_gpu_winograd_matches_numpy(dtype):
     expected = run(conv, x, dy)
     dev = copy.deepcopy(conv).to(GPU_DEVICE)
     got = run(dev, to_device(x, GPU_DEVICE), to_device(dy, GPU_DEVICE))
-    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-11)
-    for name, a, b in zip(["y", "dx", "dW", "db"], got, expected):
-        assert device_of(a) == GPU_DEVICE and a.dtype == dtype, name
-        np.testing.assert_allclose(to_numpy(a), b, rtol=tolerance["rtol"], atol=tolerance["atol"] * np.abs(b).max(),
-                                   err_msg=name)
+    assert_device_results_close(got, expected, GPU_DEVICE, dtype)
