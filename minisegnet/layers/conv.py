@@ -447,16 +447,7 @@ class Conv2d(Module):
         else:
             self._padded_input = None  # let the old one go before allocating the new one
             padded = xp.empty(shape, dtype=x.dtype)
-        if ph:
-            padded[:, :, :ph] = 0
-        if ph or extra[0]:
-            padded[:, :, ph + h :] = 0
-        if pw:
-            padded[:, :, :, :pw] = 0
-        if pw or extra[1]:
-            padded[:, :, :, pw + w :] = 0
-        padded[:, :, ph : ph + h, pw : pw + w] = x.transpose(1, 0, 2, 3)
-        return padded
+        return _fill_padded(padded, x, ph, pw)
 
     def forward(self, x):
         xp = self._check_input(x)
@@ -510,14 +501,7 @@ class Conv2d(Module):
         band = WORKSPACE.take(x, "conv.padded", (c, n1 - n0, rows, w + 2 * pw + (-wo) % multiple))
         first = min(max(top, ph), top + rows) - top  # band rows first .. last-1 hold input rows
         last = max(min(top + rows, ph + h) - top, first)
-        band[:, :, :first] = 0
-        band[:, :, last:] = 0
-        if pw:
-            band[:, :, first:last, :pw] = 0
-        if band.shape[3] > pw + w:  # the right padding, and the column a grid multiple adds
-            band[:, :, first:last, pw + w :] = 0
-        band[:, :, first:last, pw : pw + w] = x[n0:n1, :, top + first - ph : top + last - ph].transpose(1, 0, 2, 3)
-        return band
+        return _fill_padded(band, x[n0:n1, :, top + first - ph : top + last - ph], first, pw)
 
     def _forward_shifted(self, xp, padded, ho: int, wo: int, flat: bool):
         """``Y = sum_ij W_ij @ X_ij``: flat column slices (stride 1) or gathered strided windows.
@@ -779,6 +763,22 @@ class Conv2d(Module):
                 scatter_tile(cols, self.kernel_size, self.stride, tile, wo, dx_pad)
         dw = dw_mat_t.reshape(kh, kw, c, o).transpose(3, 2, 0, 1) if need_dw else None
         return (dx_pad if need_dx else None), dw
+
+
+def _fill_padded(out, x_part, top: int, left: int):
+    """``out`` (C, N, rows, cols) <- ``x_part`` (N, C, h, w) channel-major at row ``top``, column ``left``; zeros around.
+
+    Every entry outside the copied block is written (with 0), whatever the padding: the
+    padding rows and columns, and those an algorithm's grid multiple adds, never keep stale
+    scratch.  (Empty slices cost nothing.)
+    """
+    h, w = x_part.shape[2], x_part.shape[3]
+    out[:, :, :top] = 0
+    out[:, :, top + h :] = 0
+    out[:, :, top : top + h, :left] = 0
+    out[:, :, top : top + h, left + w :] = 0
+    out[:, :, top : top + h, left : left + w] = x_part.transpose(1, 0, 2, 3)
+    return out
 
 
 def _embed_on_grid(dy, grid):
