@@ -143,7 +143,8 @@ def markdown(result: dict, top: int = 8) -> str:
     outside_faults = max(0.0, result["step_faults"] - sum(result["layer_faults"].values()))  # no "-0"
     outside = "outside the layers (zero_grad, optimizer)" if training else "outside the layers"
     blanks = "| | " if training else ""  # the forward and backward columns
-    lines.append(f"| {outside} | | {blanks}{_ms(step - inside)} | {(step - inside) / step:.1%} | {outside_faults:.0f} |")
+    lines.append(f"| {outside} | | {blanks}{_ms(step - inside)} | {(step - inside) / step:.1%} "
+                 f"| {outside_faults:.0f} |")
     lines.append(f"| **the whole {call}** | | {blanks}**{_ms(step)}** | 100% | {result['step_faults']:.0f} |")
     per_layer = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
     for (name, method), seconds in result["layer_s"].items():

@@ -766,7 +766,7 @@ class Conv2d(Module):
 
 
 def _fill_padded(out, x_part, top: int, left: int):
-    """``out`` (C, N, rows, cols) <- ``x_part`` (N, C, h, w) channel-major at row ``top``, column ``left``; zeros around.
+    """``out`` (C, N, rows, cols) <- ``x_part`` (N, C, h, w), channel-major, from row ``top`` and column ``left``.
 
     Every entry outside the copied block is written (with 0), whatever the padding: the
     padding rows and columns, and those an algorithm's grid multiple adds, never keep stale

@@ -181,7 +181,7 @@ def _tile_columns(t, tw: int):
 
 # -- the input transform V = B^T d B, one row ξ of it at a time --------------------------------
 def row_transform(xp, rows, xi: int, out):
-    """``out`` (C, N, R, width) <- ``(B^T d)_ξ`` of every tile: two row views of ``rows`` (C, N, 2R + 2, width) added."""
+    """``out`` (C, N, R, width) <- ``(B^T d)_ξ`` of every tile: two row views of ``rows`` (C, N, 2R + 2, width)."""
     return _combine(xp, _terms(_B_T[xi]), _tile_rows(rows, out.shape[2]), out)
 
 
