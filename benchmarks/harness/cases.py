@@ -126,7 +126,7 @@ def conv_sides(shape: ConvShape, ours: OurDevice, peer: TorchDevice | None, seed
         sides.append(Side("torch", {"fwd": tforward, "bwd": tbackward}, peer.sync, after_repeat=graph.clear))
 
     def describe() -> dict:
-        return {"algorithm": getattr(conv, "resolved_algorithm", None), "out_channels": shape.out_channels,
+        return {"algorithm": conv.algorithm_for(tuple(shape.input_shape)), "out_channels": shape.out_channels,
                 "kernel": list(shape.kernel), "stride": list(shape.stride), "padding": list(shape.padding),
                 "needs_input_grad": shape.needs_input_grad}
 

@@ -147,11 +147,16 @@ Each formulation above is a named entry of :data:`ALGORITHMS`:
                      one GEMM; dx by col2im.  Contiguous operands: the CuPy path.
 ``"flat-stacked-weights"``  stride 1: all kh·kw·O weight rows in one GEMM, the products summed
                      shifted (below); the backward of "flat-flipped".
+``"flat-stacked-rows"``  stride 1: the kernel's rows stacked in the weights, its columns' shifts in
+                     the input: one square GEMM (kh·O × kw·C) per block of columns, the kernel rows'
+                     products added back shifted; derivation, backward included, in
+                     :mod:`~minisegnet.layers.conv_stacked_rows`.
 ``"winograd"``       3×3, stride 1: Winograd's F(2×2, 3×3) on 4×4 input tiles, 16 products per
                      chunk of tiles, 2.25 times fewer multiplications; derivation, backward
                      included, in :mod:`~minisegnet.layers.conv_winograd`.
 
-``"auto"`` (the default) decides from the weight's array module and the layer's shape:
+``"auto"`` (the default) decides from the weight's array module, the layer's shape and, in
+one line, the input's height:
 
 * not NumPy (CuPy): ``"tiled-im2col"``, for its contiguous operands;
 * NumPy, stride > 1: ``"gathered"``;
@@ -162,15 +167,23 @@ Each formulation above is a named entry of :data:`ALGORITHMS`:
 * NumPy, stride 1, C >= O, O < 32 and a kernel larger than 1×1: ``"flat-stacked-weights"``
   (GEMMs with O < 32 rows run far below BLAS peak; kh·kw·O rows do not; for 1×1 both are
   the same GEMM);
+* NumPy, stride 1, C >= O, a kernel of 5×5 or larger and an input at least
+  ``STACKED_ROWS_ROWS_PER_KERNEL_ROW · (kh-1)`` (20·(kh-1)) padded rows tall:
+  ``"flat-stacked-rows"`` (one GEMM with kh·O rows per block instead of kh GEMMs with O
+  rows; it multiplies every kernel row at every input row, (kh-1)/Hp more arithmetic
+  than needed, which a tall map makes small: SegNet-Basic's 7×7 layers at 180×240, not
+  at 90×120 and below, where "flat-flipped" is as fast or faster);
 * NumPy, stride 1, otherwise: ``"flat-flipped"`` (its GEMMs stack O rows; the C-row stacking
   of "scatter" and the col2im of "tiled-im2col" add more memory traffic).
 
 Measured comparisons behind the rule: ``BENCHMARKS.md``.  ``conv.algorithm`` is what was
-asked for, ``conv.resolved_algorithm`` what runs; ``conv.algorithm`` can be changed at any
-time (a backward uses the algorithm of the forward it differentiates).  Another
-formulation (FFT for 7×7, say) is one more :class:`Algorithm` entry with its forward, its
-backward and the layers it can serve, and a line in :meth:`Conv2d._choose_algorithm` if
-"auto" should pick it, as "winograd" was added.
+asked for, ``conv.algorithm_for(input_shape)`` what runs on an input of that shape, and
+``conv.resolved_algorithm`` what runs on one the size of the last forward's;
+``conv.algorithm`` can be changed at any time (a backward uses the algorithm of the
+forward it differentiates).  Another formulation (FFT for 7×7, say) is one more
+:class:`Algorithm` entry with its forward, its backward and the layers it can serve, and a
+line in :meth:`Conv2d.algorithm_for` if "auto" should pick it, as "winograd" and
+"flat-stacked-rows" were added.
 
 What is kept for the backward
 -----------------------------
@@ -212,6 +225,7 @@ from ..grad_mode import is_grad_enabled
 from ..module import Module, Parameter, releases_cache
 from ..validation import check_feature_map, check_grad_shape, check_matches_parameters, require_cache
 from ..workspace import MAP_SCRATCH, WORKSPACE, clear_workspace
+from .conv_stacked_rows import stacked_rows_backward, stacked_rows_forward, stacked_rows_unsupported
 from .conv_winograd import winograd_backward, winograd_forward, winograd_unsupported
 from .conv_tiling import (flat_windows, gather_tile, gathered_windows, image_ranges, output_tiles, plan_output_tiles,
                           row_weights, scatter_tile)
@@ -256,6 +270,12 @@ class Algorithm:
     grid_multiple: int = 1
 
 
+#: "auto" takes "flat-stacked-rows" for an input at least this many padded rows tall per kernel
+#: row beyond the first: it computes every kernel row at every input row, (kh-1)/Hp more
+#: arithmetic than the output needs, at most 1/20 then (module docstring, ``BENCHMARKS.md``).
+STACKED_ROWS_ROWS_PER_KERNEL_ROW = 20
+
+
 def _needs_stride_one(layer) -> str | None:
     return None if layer.stride == (1, 1) else f"needs stride 1 (this layer has stride {layer.stride})"
 
@@ -282,10 +302,11 @@ class Conv2d(Module):
         state, so ``np.random.seed`` makes it reproducible.
     ``algorithm``
         ``"auto"`` or a name in :data:`ALGORITHMS` (``"flat-flipped"``, ``"flat-scatter"``,
-        ``"gathered"``, ``"tiled-im2col"``, ``"flat-stacked-weights"``, ``"winograd"``): which formulation computes
-        forward and backward; "auto" chooses by the rule of the module docstring.  All give the
-        same numbers up to rounding.  Readable and settable as ``conv.algorithm``;
-        ``conv.resolved_algorithm`` is the name that runs.
+        ``"gathered"``, ``"tiled-im2col"``, ``"flat-stacked-weights"``, ``"flat-stacked-rows"``,
+        ``"winograd"``): which formulation computes forward and backward; "auto" chooses by the
+        rule of the module docstring.  All give the same numbers up to rounding.  Readable and
+        settable as ``conv.algorithm``; ``conv.algorithm_for(input_shape)`` is the name that runs
+        on an input of that shape, ``conv.resolved_algorithm`` on one like the last forward's.
     ``needs_input_grad``
         False: ``backward`` computes no ``dL/dx`` and returns None (for a network's first
         layer).  Also a plain attribute.
@@ -350,6 +371,7 @@ class Conv2d(Module):
         self.algorithm = algorithm  # validated by the property below
         self._padded_input = None  # (C, N, Hp, Wp): the zero-padded input, channel-major, for the backward
         self._input_shape = None  # (N, C, H, W) of that forward
+        self._last_input_shape = None  # (N, C, H, W) of the last forward, kept or not (resolved_algorithm)
         self._output_shape = None  # (N, O, Ho, Wo) of that forward
         self._forward_algorithm = None  # the name that ran that forward (its backward uses the same)
 
@@ -397,21 +419,37 @@ class Conv2d(Module):
 
     @property
     def resolved_algorithm(self) -> str:
-        """The name in :data:`ALGORITHMS` that the next forward runs ("auto" resolved)."""
-        return self._choose_algorithm() if self._algorithm == "auto" else self._algorithm
+        """The name in :data:`ALGORITHMS` that runs ("auto" resolved) on an input the size of the last forward's.
 
-    def _choose_algorithm(self) -> str:
-        """What "auto" means: the rule of the module docstring (on the weight's array module)."""
+        Before any forward the size is unknown: :meth:`algorithm_for` with ``None``.
+        """
+        return self.algorithm_for(self._last_input_shape)
+
+    def algorithm_for(self, input_shape=None) -> str:
+        """The name in :data:`ALGORITHMS` that a forward of an input of ``input_shape`` (N, C, H, W) runs.
+
+        ``conv.algorithm`` itself unless it is "auto"; then the rule of the module docstring, on
+        the weight's array module.  ``None`` (size unknown) leaves out the rule's one
+        size-dependent choice ("flat-stacked-rows" on tall maps).
+        """
+        if self._algorithm != "auto":
+            return self._algorithm
         if get_array_module(self.weight.data) is not np:  # CuPy: contiguous GEMM operands
             return "tiled-im2col"
         if self.stride != (1, 1):
             return "gathered"
-        if self.kernel_size == (3, 3) and min(self.in_channels, self.out_channels) >= 256:
+        c, o, (kh, kw) = self.in_channels, self.out_channels, self.kernel_size
+        if (kh, kw) == (3, 3) and min(c, o) >= 256:
             return "winograd"
-        if self.in_channels < self.out_channels:
+        if c < o:
             return "tiled-im2col"
-        kh, kw = self.kernel_size
-        return "flat-stacked-weights" if self.out_channels < 32 and kh * kw > 1 else "flat-flipped"
+        if o < 32 and kh * kw > 1:
+            return "flat-stacked-weights"
+        if input_shape is not None and min(kh, kw) >= 5:
+            padded_rows = input_shape[2] + 2 * self.padding[0]
+            if padded_rows >= STACKED_ROWS_ROWS_PER_KERNEL_ROW * (kh - 1):
+                return "flat-stacked-rows"
+        return "flat-flipped"
 
     # -- forward ------------------------------------------------------------------
     def _check_input(self, x):
@@ -451,7 +489,8 @@ class Conv2d(Module):
 
     def forward(self, x):
         xp = self._check_input(x)
-        algorithm = ALGORITHMS[self.resolved_algorithm]
+        self._last_input_shape = tuple(x.shape)
+        algorithm = ALGORITHMS[self.algorithm_for(x.shape)]
         reason = algorithm.unsupported(self)
         if reason is not None:  # the layer's stride was changed after the algorithm was set
             raise ValueError(f"{self._name}: algorithm {algorithm.name!r} {reason}")
@@ -824,6 +863,11 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("flat-stacked-weights", "stride 1: all kh·kw·O weight rows in one GEMM, the products summed "
                   "shifted (good when O is small); the backward of 'flat-flipped'",
                   Conv2d._forward_stacked_weights, Conv2d._backward_flipped, _needs_stride_one),
+        Algorithm("flat-stacked-rows", "stride 1: the kernel's rows stacked in the weights (kh·O rows), its "
+                  "columns' shifts in the input (kw·C rows), one square GEMM per block of columns, the kernel rows' "
+                  "products added back shifted; dx by the flipped kernel, dW by one more square GEMM (good for large "
+                  "kernels with C >= O)",
+                  stacked_rows_forward, stacked_rows_backward, stacked_rows_unsupported),
         Algorithm("winograd", "3x3, stride 1: Winograd's F(2x2, 3x3), 16 batched GEMMs per tile chunk on "
                   "transformed 4x4 input tiles, 2.25 times fewer multiplications; the backward by the "
                   "transposed transforms (good when C and O are large)",
