@@ -20,8 +20,10 @@ count, the schedule is stretched over the number of steps the budget allows, so 
 rate comes down as the time runs out: :meth:`TimeBudget.planned_steps` divides the time left
 (less the final reserve) into steps and the evaluations that fall between them.  The loop
 plans once, after :data:`PLAN_AFTER_STEPS` steps have been timed, and plans again after every
-evaluation, when the cost of an epoch and its evaluation is known better.  The plan is saved in
-the checkpoints, so a resumed run goes on with it.
+evaluation, when the cost of an epoch and its evaluation is known better.  A new plan goes on from
+where the schedule stands (its progress re-spaced over the steps left, :mod:`minisegnet.schedule`),
+so a machine that slows down shortens the schedule without a sudden drop of the learning rate.
+The plan is saved in the checkpoints, so a resumed run goes on with it.
 
 **Memory** (:func:`estimate_training_memory`).  A too-large ``--size`` or batch used to end
 in a ``MemoryError`` traceback minutes in, or in the kernel's OOM killer.  Now the run is

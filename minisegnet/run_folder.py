@@ -371,6 +371,7 @@ class ResumeState:
     wall_seconds: float  # wall time of the runs so far
     best_step: int | None = None  # the step of the best evaluation (None: none yet)
     epoch_losses: list = None  # the losses of the epoch under way (or just ended, for its evaluation)
+    schedule_anchor: tuple = (0, 0.0)  # (step, progress) of the schedule's last re-plan (minisegnet.schedule)
 
 
 def checkpoint_extra(trainer) -> dict:
@@ -388,6 +389,7 @@ def checkpoint_extra(trainer) -> dict:
         "class_names": list(CLASS_NAMES), "ignore_index": VOID_LABEL,
         "scheduler": None if trainer.scheduler is None else trainer.scheduler.state_dict(),
         "schedule_steps": trainer.schedule_steps,
+        "schedule_anchor": [int(trainer.schedule_anchor[0]), float(trainer.schedule_anchor[1])],
         "metrics": trainer._last_scores, "evaluated_step": trainer._evaluated_step,  # the last evaluation's scores
         "best_mean_iou": trainer.best_mean_iou, "best_step": trainer.best_step, "history": trainer.history,
         "epoch_losses": [float(v) for v in trainer._epoch_losses],  # of the epoch under way, or just ended
@@ -470,7 +472,19 @@ def read_resume_state(path) -> ResumeState:
         schedule_steps=extra.get("schedule_steps"), wall_seconds=float(extra.get("wall_seconds", 0.0)),
         best_step=best_step if isinstance(best_step, int) else None,
         epoch_losses=[float(v) for v in losses if isinstance(v, (int, float))] if isinstance(losses, list) else [],
+        schedule_anchor=_schedule_anchor(extra.get("schedule_anchor"), path),
     )
+
+
+def _schedule_anchor(value, path) -> tuple[int, float]:
+    """A checkpoint's ``schedule_anchor`` as ``(step, progress)``; absent (older checkpoints): the start."""
+    if value is None:
+        return 0, 0.0
+    if (not isinstance(value, list) or len(value) != 2 or isinstance(value[0], bool) or not isinstance(value[0], int)
+            or value[0] < 0 or not isinstance(value[1], (int, float)) or not 0.0 <= value[1] <= 1.0):
+        raise ValueError(f"{path}: expected schedule_anchor as [step >= 0, progress in [0, 1]], got {value!r}: "
+                         "damaged checkpoint, cannot resume from it")
+    return int(value[0]), float(value[1])
 
 
 def checkpoint_preprocessing(extra: dict, path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:

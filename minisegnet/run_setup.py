@@ -45,7 +45,7 @@ from .models import build_model
 from .optim import SGD, Adam
 from .run_data import load_datasets as _load_datasets
 from .run_folder import BEST, LAST, RunFolder, read_resume_state, resolve_resume
-from .schedule import make_scheduler, schedule_length
+from .schedule import START, make_scheduler, planned_from_budget, schedule_length
 
 __all__ = ["prepare_run", "derived_seed", "INIT_STREAM", "tempered_class_weights", "validation_scoring_set"]
 
@@ -120,6 +120,7 @@ def prepare_run(trainer, config: TrainConfig, given: dict | None, load_datasets=
     trainer.epoch, trainer.batch, trainer.step = 0, 0, 0  # completed epochs, batches of this epoch, optimizer steps
     trainer.history, trainer.best_mean_iou, trainer.best_step = [], float("-inf"), None  # evaluations, the best so far
     trainer.schedule_steps = None  # total steps of a poly/cosine schedule, once known
+    trainer.schedule_anchor = START  # (step, progress) where a budget-planned schedule was last re-planned
     trainer.previous_seconds = 0.0  # wall time of the runs this one resumes
     trainer._epoch_losses, trainer._evaluated_step, trainer._saved_step, trainer._last_scores = [], None, None, {}
     notes = []
@@ -127,6 +128,7 @@ def prepare_run(trainer, config: TrainConfig, given: dict | None, load_datasets=
         load_checkpoint(trainer.resume_path, trainer.model, trainer.optimizer)
         trainer.epoch, trainer.batch, trainer.step = resumed.epoch, resumed.batch, resumed.step
         trainer.schedule_steps, trainer.previous_seconds = resumed.schedule_steps, resumed.wall_seconds
+        trainer.schedule_anchor = resumed.schedule_anchor
         trainer.history, trainer._epoch_losses = resumed.history, list(resumed.epoch_losses or [])
         if trainer.history:
             trainer._evaluated_step = trainer.history[-1].get("step")
@@ -139,8 +141,10 @@ def prepare_run(trainer, config: TrainConfig, given: dict | None, load_datasets=
     # the learning rate of every step: closed-form in the step, so a resumed run needs only the step
     steps_per_epoch = len(trainer.train_loader)
     trainer.schedule_steps = schedule_length(config, steps_per_epoch, trainer.schedule_steps)
+    if not planned_from_budget(config) or trainer.schedule_anchor[0] >= (trainer.schedule_steps or 0):
+        trainer.schedule_anchor = START  # a length given by epochs or max_steps is a schedule from the start
     trainer.scheduler = make_scheduler(config, trainer.optimizer, steps_per_epoch, trainer.step,
-                                       trainer.schedule_steps)
+                                       trainer.schedule_steps, trainer.schedule_anchor)
     trainer.budget = TimeBudget(config.minutes, train_batches=steps_per_epoch, val_batches=len(trainer.val_loader),
                                 figure=config.figure, recompute_bn=config.recompute_bn, start=trainer.start_time)
     trainer.figure_path = None

@@ -14,9 +14,17 @@ resuming with more epochs stretches it), else the length already planned (a resu
 else ``max_steps``; with none of these the run has only a time budget, and the length is planned
 from it after a few steps (:meth:`minisegnet.budget.TimeBudget.planned_steps`).
 
-**The class weights follow the same length** when they are annealed
+**Re-planned without a jump.**  A budget-planned length is planned again after every
+evaluation (the machine may have slowed down or sped up).  The new schedule starts where the
+old one stands: the *anchor* ``(s, p_s)``, the step of the re-plan and the old schedule's
+progress there, from which the progress runs linearly to 1 at the new ``T``
+(:func:`~minisegnet.optim.planned_progress`), so the rate never jumps; only its slope changes.
+The first plan's anchor is ``(0, 0)``: the plain ``t / T``.  The anchor is saved in the
+checkpoints with ``T``, so a resumed run goes on with both.
+
+**The class weights follow the same progress** when they are annealed
 (``class_weight_power_end``, :func:`class_weight_power_at`): the power moves linearly from
-``class_weight_power`` to ``class_weight_power_end`` over the same ``T`` steps.
+``class_weight_power`` to ``class_weight_power_end`` as the schedule's progress goes from 0 to 1.
 
 **A warm-up** (``warmup_steps`` W, :func:`warmup_factor`) multiplies whichever schedule's rate
 by ``(t + 1) / W`` for the first W steps (0-based step t): the first update takes ``lr / W``,
@@ -28,9 +36,13 @@ only its step to be exactly where the interrupted one was (:func:`make_scheduler
 """
 from __future__ import annotations
 
-from .optim import CosineLR, PolyLR, StepLR
+from .optim import CosineLR, PolyLR, StepLR, planned_progress
 
-__all__ = ["schedule_length", "make_scheduler", "planned_from_budget", "class_weight_power_at", "warmup_factor"]
+#: The anchor of a schedule planned once, from its start: step 0, progress 0.
+START = (0, 0.0)
+
+__all__ = ["schedule_length", "make_scheduler", "planned_from_budget", "class_weight_power_at", "warmup_factor",
+           "START"]
 
 
 def planned_from_budget(config) -> bool:
@@ -47,8 +59,12 @@ def schedule_length(config, steps_per_epoch: int, planned: int | None = None) ->
     return planned if planned is not None else config.max_steps
 
 
-def make_scheduler(config, optimizer, steps_per_epoch: int, step: int, length: int | None):
-    """The schedule of ``config`` for ``optimizer``, positioned at ``step`` (None: none, or no length yet)."""
+def make_scheduler(config, optimizer, steps_per_epoch: int, step: int, length: int | None, anchor=START):
+    """The schedule of ``config`` for ``optimizer``, positioned at ``step`` (None: none, or no length yet).
+
+    ``anchor``: ``(start_step, start_progress)`` of a poly/cosine schedule re-planned in mid-run
+    (module docstring); the default is a schedule planned from its start.
+    """
     if config.schedule == "none":
         return None
     if config.schedule == "step":
@@ -56,25 +72,27 @@ def make_scheduler(config, optimizer, steps_per_epoch: int, step: int, length: i
     elif length is None:
         return None  # a time-budgeted schedule: its length is measured after a few steps
     elif config.schedule == "poly":
-        scheduler = PolyLR(optimizer, length, power=config.poly_power)
+        scheduler = PolyLR(optimizer, length, power=config.poly_power, start_step=anchor[0], start_progress=anchor[1])
     else:
-        scheduler = CosineLR(optimizer, length)
-    scheduler.load_state_dict({"type": type(scheduler).__name__, "base_lr": config.lr, "last_step": step})
+        scheduler = CosineLR(optimizer, length, start_step=anchor[0], start_progress=anchor[1])
+    scheduler.load_state_dict({**scheduler.state_dict(), "base_lr": config.lr, "last_step": step})
     return scheduler
 
 
-def class_weight_power_at(config, step: int, length: int | None) -> float:
+def class_weight_power_at(config, step: int, length: int | None, anchor=START) -> float:
     """The power of the class weights at ``step`` (0-based) of a schedule ``length`` steps long.
 
-    ``P0 + (P1 - P0) · min(step / T, 1)`` with ``P0 = class_weight_power`` and ``P1 =
-    class_weight_power_end`` (``P0`` throughout when no end is set, and while ``T`` is not known
-    yet: the first few steps of a run that plans its length from the time budget).  Closed-form
-    in the step, like the learning rate, so a resumed run anneals on exactly where it stopped.
+    ``P0 + (P1 - P0) · p`` with ``P0 = class_weight_power``, ``P1 = class_weight_power_end`` and
+    ``p`` the schedule's progress (``min(step / T, 1)``, or from a re-plan's ``anchor`` on:
+    :func:`~minisegnet.optim.planned_progress`); ``P0`` throughout when no end is set, and while
+    ``T`` is not known yet (the first few steps of a run that plans its length from the time
+    budget).  Closed-form in the step, like the learning rate, so a resumed run anneals on
+    exactly where it stopped.
     """
     start, end = float(config.class_weight_power), config.class_weight_power_end
     if end is None or not length:
         return start
-    return start + (float(end) - start) * min(step / length, 1.0)
+    return start + (float(end) - start) * planned_progress(step, length, *anchor)
 
 
 def warmup_factor(config, step: int) -> float:

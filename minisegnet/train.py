@@ -228,7 +228,7 @@ class Trainer:
         config = self.config
         if config.class_weight_power_end is None:
             return
-        power = class_weight_power_at(config, self.step, self.schedule_steps)
+        power = class_weight_power_at(config, self.step, self.schedule_steps, self.schedule_anchor)
         self.criterion.weight = self.class_weights ** (power / config.class_weight_power)
 
     def _warm_up(self) -> None:
@@ -307,13 +307,22 @@ class Trainer:
 
     # -- the learning-rate schedule ---------------------------------------------------------
     def _plan_schedule(self) -> None:
-        """Stretch a poly/cosine schedule without an epoch or step count over the time budget."""
+        """Stretch a poly/cosine schedule without an epoch or step count over the time budget.
+
+        The first plan starts the schedule at step 0; a later one (after an evaluation) goes on
+        from where the current schedule stands, so the rate does not jump
+        (:mod:`~minisegnet.schedule`).
+        """
         config = self.config
         steps = self.budget.planned_steps(self.step, config.eval_every) if planned_from_budget(config) else None
         if steps is None:
             return
-        first, self.schedule_steps = self.scheduler is None, steps
-        self.scheduler = make_scheduler(config, self.optimizer, len(self.train_loader), self.step, steps)
+        first = self.scheduler is None
+        if not first:
+            self.schedule_anchor = (self.step, self.scheduler.progress_at(self.step))
+        self.schedule_steps = steps
+        self.scheduler = make_scheduler(config, self.optimizer, len(self.train_loader), self.step, steps,
+                                        self.schedule_anchor)
         self._warm_up()  # a new schedule sets its own rate: inside a warm-up, scale it again
         if first:
             self.progress.say(f"schedule: {config.schedule} over {steps} steps (planned from the time budget)")

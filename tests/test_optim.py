@@ -337,3 +337,54 @@ def test_gpu_matches_cpu_and_state_stays_on_the_gpu(make):
     fresh = make([Parameter(cupy.asarray(p.data)) for p in cpu])
     fresh.load_state_dict(saved)
     assert all(isinstance(v, cupy.ndarray) for s in fresh.state for v in s.values() if hasattr(v, "dtype"))
+
+
+# -- re-planned schedules: the progress goes on from where it stood -----------------------------------
+def test_planned_progress():
+    from minisegnet.optim import planned_progress
+
+    assert [planned_progress(t, 10) for t in (0, 4, 10, 15)] == [0.0, 0.4, 1.0, 1.0]
+    # re-planned at step 4 (progress 0.4) to end at step 7: 0.4 + 0.6 * (t - 4) / 3
+    assert [planned_progress(t, 7, 4, 0.4) for t in (2, 4, 5, 7, 9)] == pytest.approx([0.4, 0.4, 0.6, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("make", [lambda o, **k: PolyLR(o, power=0.9, min_lr=0.01, **k),
+                                  lambda o, **k: CosineLR(o, min_lr=0.01, **k)], ids=["poly", "cosine"])
+def test_a_replanned_schedule_starts_at_the_rate_it_replaces_and_still_ends_at_min_lr(make):
+    old = make(SGD(make_params(), lr=0.1), max_steps=100)
+    for _ in range(40):
+        old.step()
+    rate, progress = old.lr, old.progress_at(40)
+    assert progress == pytest.approx(0.4)
+    new = make(opt := SGD(make_params(), lr=0.1), max_steps=70, start_step=40, start_progress=progress)
+    new.load_state_dict({**new.state_dict(), "last_step": 40})
+    assert opt.lr == pytest.approx(rate, rel=1e-12)  # no jump: a new schedule of 70 steps would give another rate
+    assert make(SGD(make_params(), lr=0.1), max_steps=70).lr_at(40) < 0.99 * rate
+    rates = [new.step() for _ in range(35)]
+    assert all(a > b for a, b in zip([rate] + rates[:29], rates[:30]))  # falls every step up to the end
+    assert rates[29] == pytest.approx(0.01) and rates[-1] == pytest.approx(0.01)  # min_lr from step 70 on
+
+
+def test_a_replanned_schedule_state_round_trips_and_older_states_mean_the_start():
+    sched = PolyLR(SGD(make_params(), lr=0.1), max_steps=50, start_step=20, start_progress=0.3)
+    for _ in range(25):
+        sched.step()
+    state = sched.state_dict()
+    assert state == {"type": "PolyLR", "base_lr": 0.1, "last_step": 25, "start_step": 20, "start_progress": 0.3}
+    again = PolyLR(opt := SGD(make_params(), lr=5.0), max_steps=50)
+    again.load_state_dict(state)
+    assert (again.start_step, again.start_progress) == (20, 0.3) and opt.lr == sched.lr
+    older = PolyLR(SGD(make_params(), lr=0.1), max_steps=50, start_step=20, start_progress=0.3)
+    older.load_state_dict({"type": "PolyLR", "base_lr": 0.1, "last_step": 25})  # written before re-planning
+    assert (older.start_step, older.start_progress) == (0, 0.0) and older.lr == pytest.approx(0.1 * 0.5 ** 0.9)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(start_step=10), r"start_step \(10\) must come before max_steps \(10\)"),
+    (dict(start_step=-1), "start_step must be an integer >= 0"),
+    (dict(start_step=2, start_progress=1.5), "start_progress must be"),
+    (dict(start_step=2, start_progress=float("nan")), "start_progress must be finite"),
+])
+def test_bad_replanning_points_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CosineLR(SGD(make_params(), lr=0.1), max_steps=10, **kwargs)

@@ -23,6 +23,7 @@ from minisegnet.evaluation import ScoringSet, evaluate, evaluate_checkpoint, sco
 from minisegnet.models import SegNetBasic
 from minisegnet.run_data import evenly_spaced
 from minisegnet.run_setup import tempered_class_weights
+from minisegnet.schedule import class_weight_power_at
 from minisegnet.train import Trainer
 from cli_helpers import assert_one_line_error
 
@@ -629,3 +630,50 @@ def test_a_bare_resume_keeps_the_runs_bn_recomputation():
     assert TrainConfig(epochs=2).resumed(stored, given=["epochs"]).recompute_bn is True  # a preset's choice survives
     assert TrainConfig(epochs=2, recompute_bn=False).resumed(stored, given=["recompute_bn"]).recompute_bn is False
     assert TrainConfig(recompute_bn=True).resumed(TrainConfig(epochs=1), given=["recompute_bn"]).recompute_bn is True
+
+
+def _budget_run(tmp_path, name, **settings):
+    return Trainer(TrainConfig(**{**TINY, "dataset": "synthetic", "synthetic_train": 8, "synthetic_val": 4,
+                                  "minutes": 5, "out_dir": str(tmp_path / name), **settings}), progress=False)
+
+
+@pytest.mark.parametrize("schedule", ["poly", "cosine"])
+def test_a_replanned_schedule_keeps_the_rate_and_the_class_weight_power(schedule, tmp_path, monkeypatch):
+    """The plan after an evaluation shortens the schedule: the rate and the annealed power go on from
+    where they stood (they used to jump to the new schedule's value at that step) and still end on time."""
+    trainer = _budget_run(tmp_path, "run", schedule=schedule, class_weight_power=1.0, class_weight_power_end=0.5)
+    plans = iter([100, 60])
+    monkeypatch.setattr(trainer.budget, "planned_steps", lambda step, eval_every: next(plans))
+    trainer.step = 5
+    trainer._plan_schedule()  # the first plan: from the start
+    assert trainer.schedule_anchor == (0, 0.0)
+    trainer.step = 40
+    trainer.scheduler.load_state_dict({**trainer.scheduler.state_dict(), "last_step": 40})
+    rate = trainer.optimizer.lr
+    power = class_weight_power_at(trainer.config, 40, trainer.schedule_steps, trainer.schedule_anchor)
+    assert power == pytest.approx(0.8)
+    trainer._plan_schedule()  # the machine slowed down: 60 steps in all, not 100
+    assert trainer.schedule_steps == 60 and trainer.schedule_anchor == (40, pytest.approx(0.4))
+    assert trainer.optimizer.lr == pytest.approx(rate, rel=1e-12)
+    assert class_weight_power_at(trainer.config, 40, 60, trainer.schedule_anchor) == pytest.approx(power)
+    assert class_weight_power_at(trainer.config, 60, 60, trainer.schedule_anchor) == 0.5
+    assert trainer.scheduler.lr_at(60) == 0.0
+
+
+def test_a_resumed_run_goes_on_with_its_replanned_schedule(tmp_path, monkeypatch):
+    trainer = _budget_run(tmp_path, "run")
+    plans = iter([100, 60])
+    monkeypatch.setattr(trainer.budget, "planned_steps", lambda step, eval_every: next(plans))
+    trainer.step = 5
+    trainer._plan_schedule()
+    trainer.step = 40
+    trainer.scheduler.load_state_dict({**trainer.scheduler.state_dict(), "last_step": 40})
+    trainer._plan_schedule()
+    rate = trainer.optimizer.lr
+    trainer._save(best=False)
+    trainer.folder.unlock()  # as fit() does when it ends
+    resumed = Trainer(TrainConfig(**{**TINY, "out_dir": str(tmp_path / "run"), "resume": "auto"}), progress=False)
+    assert resumed.step == 40 and resumed.schedule_steps == 60
+    assert resumed.schedule_anchor == (40, pytest.approx(0.4))
+    assert resumed.optimizer.lr == pytest.approx(rate, rel=1e-12)
+    assert resumed.scheduler.lr_at(50) == pytest.approx(trainer.scheduler.lr_at(50), rel=1e-12)

@@ -118,6 +118,14 @@ def test_read_resume_state(tmp_path):
     assert state.config.channels == 8 and state.config.epochs == 3 and state.best_mean_iou == float("-inf")
     assert state.mean.dtype == np.float32 and state.class_weights is None and state.wall_seconds == 12.5
     assert checkpoint_preprocessing(_extra(), path)[2] == (32, 48)
+    assert state.schedule_anchor == (0, 0.0)  # written before schedules were re-planned: from the start
+    save_checkpoint(path, model, None, _extra(schedule_anchor=[12, 0.25]))
+    assert read_resume_state(path).schedule_anchor == (12, 0.25)
+    for bad in ([12, 1.5], [-1, 0.2], [12], "12,0.2", [True, 0.2]):
+        save_checkpoint(path, model, None, _extra(schedule_anchor=bad))
+        with pytest.raises(ValueError, match=r"last.npz: expected schedule_anchor as \[step >= 0, progress in "
+                                             r"\[0, 1\]\], got .*damaged checkpoint"):
+            read_resume_state(path)
 
     save_checkpoint(path, model, None, {"epoch": 1})
     with pytest.raises(ValueError, match="last.npz was not written by minisegnet's training loop"):

@@ -52,3 +52,11 @@ def test_make_scheduler_positions_the_schedule_at_the_step():
     assert isinstance(make_scheduler(TrainConfig(schedule="step", lr_step_epochs=2), optimizer(), 10, 0, None), StepLR)
     assert make_scheduler(TrainConfig(schedule="none"), optimizer(), 10, 0, 5) is None
     assert make_scheduler(TrainConfig(minutes=1.0), optimizer(), 10, 0, None) is None  # not planned yet
+
+
+def test_make_scheduler_goes_on_from_a_replanning_anchor():
+    config = TrainConfig(minutes=1.0, lr=0.1, poly_power=0.9)
+    replanned = make_scheduler(config, opt := optimizer(), 10, 30, 50, anchor=(30, 0.5))
+    assert (replanned.start_step, replanned.start_progress, replanned.max_steps) == (30, 0.5, 50)
+    assert opt.lr == pytest.approx(0.1 * 0.5 ** 0.9)  # where the old schedule stood, not 0.1 * (1 - 30/50) ** 0.9
+    assert make_scheduler(config, optimizer(), 10, 0, 50).start_step == 0  # by default: from the start

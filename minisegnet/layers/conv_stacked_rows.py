@@ -40,9 +40,11 @@ reach moved from the copy into the additions).  The price: every input column is
 by every kernel row, also where ``t - i·Wp`` is no output at all (the top rows for ``i > 0``,
 positions past the last image), so the arithmetic is that of the whole padded grid
 (``N·Hp·Wp`` columns) where "flat-flipped" computes ``N·Ho·Wp``: ``Hp / Ho`` times as much,
-3 % more at 180×240 with a 7×7 kernel, 13 % at 45×60.  Measured (``BENCHMARKS.md``): the
-7×7 64→64 layers' forward and backward in about 0.85 of "flat-flipped"'s time on the large
-maps; "auto" uses it for those layers.
+3 % more at 180×240 with a 7×7 kernel, 13 % at 45×60.  So it pays where the kernel has many
+rows (7 GEMMs become one) and the map is tall against the kernel; on short maps, and in the
+bands of a no-grad forward (about 33 rows each), the extra rows cost what the square GEMM
+saves.  "auto" takes it only on tall maps (the rule in :mod:`~minisegnet.layers.conv`; the
+measurements behind it in ``BENCHMARKS.md``).
 
 The backward, derived
 ---------------------
