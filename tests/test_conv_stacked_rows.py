@@ -150,8 +150,9 @@ def test_frozen_parameters_and_no_input_gradient(frozen, rng):
 
 
 @pytest.mark.parametrize("band_columns", [1, 3 * 13, 10**6])
-def test_no_grad_forward_in_bands(band_columns, rng):
-    """Bands of one, three and all output rows: the definition each time."""
+def test_no_grad_forward_in_bands(band_columns, rng, monkeypatch):
+    """Bands of one, three and all output rows (the algorithm's own taller bands set aside): the definition."""
+    monkeypatch.setattr(stacked_rows, "ROWS_PER_KERNEL_ROW", 1)  # band_rows 1: the bands max_band_columns makes
     conv, _ = rows_conv("7x7-same-odd")
     set_blocks(conv, "few-columns")
     conv.max_band_columns = band_columns
@@ -177,6 +178,31 @@ def test_the_flat_correlation_and_the_columns_past_the_source(blocks, rng):
         expected = sum(w[:, :, i, j] @ src[:, u + i * row_stride + j] for i in range(3) for j in range(2))
         np.testing.assert_allclose(out[:, u], expected, rtol=1e-12, atol=1e-12, err_msg=f"column {u}")
     assert np.isfinite(out[:, fits:]).all()  # partial sums or zeros, never the nan it was filled with
+
+
+def test_its_bands_are_tall_enough(monkeypatch, rng):
+    """A no-grad forward gives it bands of up to 19·(kh-1) output rows (its grid 20·(kh-1) rows), where
+    the other algorithms get ``max_band_columns`` positions (a few rows); same numbers either way."""
+    assert stacked_rows.stacked_rows_band_rows(Conv2d(2, 2, 7)) == 114
+    assert stacked_rows.stacked_rows_band_rows(Conv2d(2, 2, (3, 5))) == 38
+    assert stacked_rows.stacked_rows_band_rows(Conv2d(2, 2, 1)) == 1
+    x = rng.standard_normal((2, 2, 250, 40))  # padded rows 46 wide; 250 output rows
+    outputs = {}
+    for algorithm in ("flat-flipped", "flat-stacked-rows"):
+        conv = make_conv(2, 3, 7, 1, 3, True, algorithm=algorithm)
+        conv.max_band_columns = 10 * 46  # 10 rows per band by the positions alone
+        rows, original = [], conv._padded_band
+
+        def spy(xp, x, n0, n1, r0, r1, multiple, _original=original, _rows=rows):
+            _rows.append(r1 - r0)
+            return _original(xp, x, n0, n1, r0, r1, multiple)
+
+        monkeypatch.setattr(conv, "_padded_band", spy)
+        with no_grad():
+            outputs[algorithm] = conv.forward(x)
+        assert sum(rows) == 2 * 250
+        assert set(rows) == ({10} if algorithm == "flat-flipped" else {84, 82}), (algorithm, rows)  # 84 + 84 + 82
+    np.testing.assert_allclose(outputs["flat-stacked-rows"], outputs["flat-flipped"], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("blocks", ["one", "few-columns"])

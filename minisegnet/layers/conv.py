@@ -209,6 +209,10 @@ output grid), and those stayed in the workspace for the rest of the pass.  The p
 the ``kh - sh`` padded rows two neighbouring bands share are copied twice (2 rows of every
 band's 18 for a 3×3 layer at 360×480, in a copy that is one pass over the input); the GEMMs
 keep their shapes, because a band (8192 positions) is as long as one stacked copy's stretch.
+An algorithm can ask for taller bands (:attr:`Algorithm.band_rows`): "flat-stacked-rows"
+computes kh-1 rows of products more than its output, 15 % of a 7×7 band of the default length
+(about 33 rows at 180×240), so its bands hold up to ``ROWS_PER_KERNEL_ROW · (kh-1)`` rows (then cut
+into equal runs like the others), at the price of a few megabytes more scratch.
 A forward that keeps its input for the backward still pads the whole batch (the backward
 needs it), and so does CuPy, whose kernels want the whole batch per launch.  Measured in ``BENCHMARKS.md``.
 """
@@ -225,7 +229,8 @@ from ..grad_mode import is_grad_enabled
 from ..module import Module, Parameter, releases_cache
 from ..validation import check_feature_map, check_grad_shape, check_matches_parameters, require_cache
 from ..workspace import MAP_SCRATCH, WORKSPACE, clear_workspace
-from .conv_stacked_rows import stacked_rows_backward, stacked_rows_forward, stacked_rows_unsupported
+from .conv_stacked_rows import (ROWS_PER_KERNEL_ROW, stacked_rows_backward, stacked_rows_band_rows,
+                                stacked_rows_forward, stacked_rows_unsupported)
 from .conv_winograd import winograd_backward, winograd_forward, winograd_unsupported
 from .conv_tiling import (flat_windows, gather_tile, gathered_windows, image_ranges, output_tiles, plan_output_tiles,
                           row_weights, scatter_tile)
@@ -260,6 +265,10 @@ class Algorithm:
     ``grid_multiple``: the algorithm computes the output on a grid whose height and width
     are multiples of this (Winograd's 2×2 tiles: 2), so the padded input it gets has the
     zero rows at the bottom and columns at the right that such a grid reads.
+    ``band_rows(layer)``: the output rows a band of a no-grad forward may hold at least (a
+    band then holds up to ``max(Conv2d.max_band_columns, band_rows · Wp)`` positions, cut
+    into equal runs of rows); 1 for all but "flat-stacked-rows", which computes kh-1 rows
+    more than a band's output.
     """
 
     name: str
@@ -268,12 +277,13 @@ class Algorithm:
     backward: Callable
     unsupported: Callable = lambda layer: None
     grid_multiple: int = 1
+    band_rows: Callable = lambda layer: 1
 
 
 #: "auto" takes "flat-stacked-rows" for an input at least this many padded rows tall per kernel
 #: row beyond the first: it computes every kernel row at every input row, (kh-1)/Hp more
 #: arithmetic than the output needs, at most 1/20 then (module docstring, ``BENCHMARKS.md``).
-STACKED_ROWS_ROWS_PER_KERNEL_ROW = 20
+STACKED_ROWS_ROWS_PER_KERNEL_ROW = ROWS_PER_KERNEL_ROW
 
 
 def _needs_stride_one(layer) -> str | None:
@@ -501,7 +511,8 @@ class Conv2d(Module):
         keep = is_grad_enabled()
         if not keep and xp is np and self.max_band_columns is not None:  # nothing kept: in bands of rows
             wp = w + 2 * self.padding[1]
-            images, rows = plan_output_tiles(n, ho, wp, 1, self.max_band_columns)
+            columns = max(self.max_band_columns, algorithm.band_rows(self) * wp)  # what the algorithm needs
+            images, rows = plan_output_tiles(n, ho, wp, 1, columns)
             for n0, n1, r0, r1 in output_tiles(n, ho, images, rows):
                 band = self._padded_band(xp, x, n0, n1, r0, r1, algorithm.grid_multiple)
                 self._write_output(xp, algorithm.forward(self, xp, band, r1 - r0, wo), y[n0:n1, :, r0:r1])
@@ -867,7 +878,8 @@ ALGORITHMS: dict[str, Algorithm] = {
                   "columns' shifts in the input (kw·C rows), one square GEMM per block of columns, the kernel rows' "
                   "products added back shifted; dx by the flipped kernel, dW by one more square GEMM (good for large "
                   "kernels with C >= O)",
-                  stacked_rows_forward, stacked_rows_backward, stacked_rows_unsupported),
+                  stacked_rows_forward, stacked_rows_backward, stacked_rows_unsupported,
+                  band_rows=stacked_rows_band_rows),
         Algorithm("winograd", "3x3, stride 1: Winograd's F(2x2, 3x3), 16 batched GEMMs per tile chunk on "
                   "transformed 4x4 input tiles, 2.25 times fewer multiplications; the backward by the "
                   "transposed transforms (good when C and O are large)",

@@ -79,12 +79,23 @@ from __future__ import annotations
 from ..workspace import MAP_SCRATCH, WORKSPACE
 
 __all__ = ["stacked_rows_forward", "stacked_rows_backward", "stacked_rows_unsupported", "stacked_row_weights",
-           "block_length"]
+           "block_length", "stacked_rows_band_rows", "ROWS_PER_KERNEL_ROW"]
+
+#: The grid this algorithm computes should be at least this many rows tall per kernel row beyond the
+#: first: the kh-1 rows of products no output uses are then at most 1/20 of the arithmetic.
+ROWS_PER_KERNEL_ROW = 20
 
 
 def stacked_rows_unsupported(layer) -> str | None:
     """Why ``layer`` cannot use "flat-stacked-rows" (None: it can): it needs stride 1."""
     return None if layer.stride == (1, 1) else f"needs stride 1 (this layer has stride {layer.stride})"
+
+
+def stacked_rows_band_rows(layer) -> int:
+    """Output rows per band of a no-grad forward: a band's padded rows are kh-1 more, so its grid is
+    ``ROWS_PER_KERNEL_ROW · (kh-1)`` rows tall (a band of the default ~33 rows would waste 15 %)."""
+    kh = layer.kernel_size[0]
+    return max(1, (ROWS_PER_KERNEL_ROW - 1) * (kh - 1))
 
 
 def stacked_row_weights(xp, weight):
