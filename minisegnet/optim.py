@@ -493,13 +493,17 @@ class _DecayToEnd(LRScheduler):
         self.min_lr = _check_number(name, "min_lr", min_lr, low=0.0)
         if self.min_lr > optimizer.lr:
             raise ValueError(f"{name}: min_lr ({self.min_lr}) exceeds the optimizer's lr ({optimizer.lr})")
+        self.start_step, self.start_progress = self._checked_start(start_step, start_progress)
+        super().__init__(optimizer)
+
+    def _checked_start(self, start_step, start_progress) -> tuple[int, float]:
+        """The re-planning point as ``(int, float)``: a step before max_steps, a progress in [0, 1]."""
+        name = type(self).__name__
         if isinstance(start_step, bool) or not isinstance(start_step, numbers.Integral) or start_step < 0:
             raise ValueError(f"{name}: start_step must be an integer >= 0, got {start_step!r}")
         if start_step >= self.max_steps and start_step > 0:
             raise ValueError(f"{name}: start_step ({start_step}) must come before max_steps ({self.max_steps})")
-        self.start_step = int(start_step)
-        self.start_progress = _check_number(name, "start_progress", start_progress, low=0.0, high=1.0)
-        super().__init__(optimizer)
+        return int(start_step), _check_number(name, "start_progress", start_progress, low=0.0, high=1.0)
 
     def progress_at(self, t: int) -> float:
         """The schedule's progress at step ``t``, in [0, 1]."""
@@ -517,13 +521,8 @@ class _DecayToEnd(LRScheduler):
 
     def load_state_dict(self, state: dict) -> None:
         """Also the re-planning point (absent in older checkpoints: the start)."""
-        name = type(self).__name__
-        start_step = int(state.get("start_step", 0))
-        if start_step < 0:
-            raise ValueError(f"{name}: start_step must be >= 0, got {start_step}")
-        self.start_step = start_step
-        self.start_progress = _check_number(name, "start_progress", state.get("start_progress", 0.0), low=0.0,
-                                            high=1.0)
+        self.start_step, self.start_progress = self._checked_start(state.get("start_step", 0),
+                                                                   state.get("start_progress", 0.0))
         super().load_state_dict(state)
 
 

@@ -67,3 +67,25 @@ def assert_device_results_close(got, expected, device: str, dtype, what: str = "
         label = f"{what}: {name}" if what else name
         assert device_of(a) == device and a.dtype == dtype, label
         np.testing.assert_allclose(to_numpy(a), b, rtol=rtol, atol=atol * float(np.abs(b).max()), err_msg=label)
+
+
+def assert_frozen_gradients(conv, x, dy, frozen: str) -> None:
+    """Freeze ``"weight"``, the ``"input"`` gradient or ``"both"``: what is left equals the definition, the rest None.
+
+    The bias gradient is computed in every case.
+    """
+    expected = definition(conv, x, dy)
+    conv.weight.requires_grad = frozen == "input"
+    conv.needs_input_grad = frozen == "weight"
+    conv.zero_grad()
+    conv.forward(x)
+    dx = conv.backward(dy)
+    if frozen == "weight":
+        np.testing.assert_allclose(dx, expected[1], rtol=1e-10)
+    else:
+        assert dx is None
+    if frozen == "input":
+        np.testing.assert_allclose(conv.weight.grad, expected[2], rtol=1e-10)
+    else:
+        assert conv.weight.grad is None
+    np.testing.assert_allclose(conv.bias.grad, expected[3], rtol=1e-10)

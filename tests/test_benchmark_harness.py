@@ -394,7 +394,8 @@ def test_both_thread_pools_are_told_to_wait_passively():
     assert out.stdout.split() == ["PASSIVE", "10"]  # the user's setting wins
 
 
-@pytest.mark.parametrize("script", ["benchmarks/run.py", "benchmarks/bench_conv.py", "benchmarks/bench_training_step.py"])
+@pytest.mark.parametrize("script", ["benchmarks/run.py", "benchmarks/bench_conv.py",
+                                    "benchmarks/bench_training_step.py"])
 def test_passive_waiting_comes_before_numpy_and_torch_start(script):
     """The variables are read when the thread pools start: the call must precede every import that starts them."""
     import ast

@@ -18,9 +18,10 @@ from minisegnet.backend import to_device
 from minisegnet.grad_mode import no_grad
 from minisegnet.gradcheck import check_module
 from minisegnet.layers import conv_stacked_rows as stacked_rows
-from minisegnet.layers.conv import STACKED_ROWS_ROWS_PER_KERNEL_ROW, Conv2d
+from minisegnet.layers.conv import Conv2d
 
-from conv_helpers import assert_device_results_close, definition, make_conv, run, torch_conv
+from conv_helpers import (assert_device_results_close, assert_frozen_gradients, definition, make_conv, run,
+                          torch_conv)
 from conv_helpers import assert_results_close as assert_close
 
 # (N, C, O, H, W, kernel, padding, bias)
@@ -132,21 +133,7 @@ def test_frozen_parameters_and_no_input_gradient(frozen, rng):
     set_blocks(conv, "few-columns")
     x = rng.standard_normal(x_shape)
     dy = rng.standard_normal((x_shape[0], conv.out_channels, *x_shape[2:]))
-    expected = definition(conv, x, dy)
-    conv.weight.requires_grad = frozen == "input"
-    conv.needs_input_grad = frozen == "weight"
-    conv.zero_grad()
-    conv.forward(x)
-    dx = conv.backward(dy)
-    if frozen == "weight":
-        np.testing.assert_allclose(dx, expected[1], rtol=1e-10)
-    else:
-        assert dx is None
-    if frozen == "input":
-        np.testing.assert_allclose(conv.weight.grad, expected[2], rtol=1e-10)
-    else:
-        assert conv.weight.grad is None
-    np.testing.assert_allclose(conv.bias.grad, expected[3], rtol=1e-10)
+    assert_frozen_gradients(conv, x, dy, frozen)
 
 
 @pytest.mark.parametrize("band_columns", [1, 3 * 13, 10**6])
@@ -246,8 +233,8 @@ def test_layers_it_cannot_serve_say_why():
 def test_auto_takes_it_for_large_kernels_on_tall_inputs():
     """SegNet-Basic's 7x7 64 -> 64 layers at 180x240, not at 90x120; never 3x3, C < O, O < 32, stride 2."""
     conv = Conv2d(64, 64, 7, padding=3)
-    tall = 20 * 6 - 2 * 3  # exactly STACKED_ROWS_ROWS_PER_KERNEL_ROW · (kh-1) padded rows
-    assert STACKED_ROWS_ROWS_PER_KERNEL_ROW == 20
+    tall = 20 * 6 - 2 * 3  # exactly ROWS_PER_KERNEL_ROW · (kh-1) padded rows
+    assert stacked_rows.ROWS_PER_KERNEL_ROW == 20
     assert conv.algorithm_for((4, 64, 180, 240)) == "flat-stacked-rows"
     assert conv.algorithm_for((1, 64, tall, 30)) == "flat-stacked-rows"
     assert conv.algorithm_for((1, 64, tall - 1, 30)) == "flat-flipped"

@@ -168,7 +168,7 @@ one line, the input's height:
   (GEMMs with O < 32 rows run far below BLAS peak; kh·kw·O rows do not; for 1×1 both are
   the same GEMM);
 * NumPy, stride 1, C >= O, a kernel of 5×5 or larger and an input at least
-  ``STACKED_ROWS_ROWS_PER_KERNEL_ROW · (kh-1)`` (20·(kh-1)) padded rows tall:
+  ``conv_stacked_rows.ROWS_PER_KERNEL_ROW · (kh-1)`` (20·(kh-1)) padded rows tall:
   ``"flat-stacked-rows"`` (one GEMM with kh·O rows per block instead of kh GEMMs with O
   rows; it multiplies every kernel row at every input row, (kh-1)/Hp more arithmetic
   than needed, which a tall map makes small: SegNet-Basic's 7×7 layers at 180×240, not
@@ -232,8 +232,8 @@ from ..workspace import MAP_SCRATCH, WORKSPACE, clear_workspace
 from .conv_stacked_rows import (ROWS_PER_KERNEL_ROW, stacked_rows_backward, stacked_rows_band_rows,
                                 stacked_rows_forward, stacked_rows_unsupported)
 from .conv_winograd import winograd_backward, winograd_forward, winograd_unsupported
-from .conv_tiling import (flat_windows, gather_tile, gathered_windows, image_ranges, output_tiles, plan_output_tiles,
-                          row_weights, scatter_tile)
+from .conv_tiling import (embed_on_grid, flat_windows, gather_tile, gathered_windows, image_ranges, output_tiles,
+                          plan_output_tiles, row_weights, scatter_tile)
 
 __all__ = ["Conv2d", "Algorithm", "ALGORITHMS", "clear_workspace"]
 
@@ -278,12 +278,6 @@ class Algorithm:
     unsupported: Callable = lambda layer: None
     grid_multiple: int = 1
     band_rows: Callable = lambda layer: 1
-
-
-#: "auto" takes "flat-stacked-rows" for an input at least this many padded rows tall per kernel
-#: row beyond the first: it computes every kernel row at every input row, (kh-1)/Hp more
-#: arithmetic than the output needs, at most 1/20 then (module docstring, ``BENCHMARKS.md``).
-STACKED_ROWS_ROWS_PER_KERNEL_ROW = ROWS_PER_KERNEL_ROW
 
 
 def _needs_stride_one(layer) -> str | None:
@@ -457,7 +451,7 @@ class Conv2d(Module):
             return "flat-stacked-weights"
         if input_shape is not None and min(kh, kw) >= 5:
             padded_rows = input_shape[2] + 2 * self.padding[0]
-            if padded_rows >= STACKED_ROWS_ROWS_PER_KERNEL_ROW * (kh - 1):
+            if padded_rows >= ROWS_PER_KERNEL_ROW * (kh - 1):
                 return "flat-stacked-rows"
         return "flat-flipped"
 
@@ -653,7 +647,7 @@ class Conv2d(Module):
         lead = (kh - 1) * wp + (kw - 1)  # zero columns before dy: t - s_ij never goes negative
         dy_grid = WORKSPACE.take(padded, "conv.dy_grid", (o, lead + grid))
         dy_grid[:, :lead] = 0
-        _embed_on_grid(dy, dy_grid[:, lead:].reshape(o, n, hp, wp))
+        embed_on_grid(dy, dy_grid[:, lead:].reshape(o, n, hp, wp))
         # dx (and the dW sum) is needed in each image from its first row of real pixels to its last
         # real pixel: the rest is padding, cropped from dx and zero in x
         h, w = self._input_shape[2], self._input_shape[3]
@@ -705,7 +699,7 @@ class Conv2d(Module):
         if flat:  # dy on the padded grid, zero at the cropped positions
             grid = n * hp * wp
             dy_grid = WORKSPACE.take(padded, "conv.dy_grid", (o, grid))
-            _embed_on_grid(dy, dy_grid.reshape(o, n, hp, wp))
+            embed_on_grid(dy, dy_grid.reshape(o, n, hp, wp))
             dy_cols = dy_grid
             ranges = image_ranges(n, hp * wp, 0, (ho - 1) * wp + wo)  # as in the forward
             windows = flat_windows(padded.reshape(c, grid), self.kernel_size, wp, ranges,
@@ -829,18 +823,6 @@ def _fill_padded(out, x_part, top: int, left: int):
     out[:, :, top : top + h, left + w :] = 0
     out[:, :, top : top + h, left : left + w] = x_part.transpose(1, 0, 2, 3)
     return out
-
-
-def _embed_on_grid(dy, grid):
-    """``grid`` (O, N, Hp, Wp) <- ``dy`` (N, O, Ho, Wo) channel-major in its top-left corner, zero elsewhere.
-
-    Only the cropped positions are zeroed (not the whole grid first): one pass less over
-    an output-sized array per backward.
-    """
-    ho, wo = dy.shape[2], dy.shape[3]
-    grid[:, :, :ho, wo:] = 0
-    grid[:, :, ho:] = 0
-    grid[:, :, :ho, :wo] = dy.transpose(1, 0, 2, 3)
 
 
 def _matmul_into(xp, a, b, out):

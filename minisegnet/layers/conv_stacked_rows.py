@@ -77,6 +77,7 @@ columns, whatever the image size.
 from __future__ import annotations
 
 from ..workspace import MAP_SCRATCH, WORKSPACE
+from .conv_tiling import embed_on_grid
 
 __all__ = ["stacked_rows_forward", "stacked_rows_backward", "stacked_rows_unsupported", "stacked_row_weights",
            "block_length", "stacked_rows_band_rows", "ROWS_PER_KERNEL_ROW"]
@@ -141,6 +142,23 @@ def _stack_shifts(src, start: int, stop: int, kw: int, out):
     return out
 
 
+def _correlate_block(xp, src, start: int, stop: int, w_rows, kernel_size, row_stride: int, out):
+    """One block of :func:`_correlate`: input columns ``start .. stop-1``; returns their stacked shifts S.
+
+    S (kw·rows × m) is scratch, valid until the next block; ``out=None`` only stacks (a backward
+    that needs S for dW but no dx).
+    """
+    kh, kw = kernel_size
+    rows, m = src.shape[0], stop - start
+    stacked = _stack_shifts(src, start, stop, kw, WORKSPACE.take(src, "conv.shifted", (kw, rows, m)))
+    stacked = stacked.reshape(kw * rows, m)
+    if out is not None:
+        products = WORKSPACE.take(src, "conv.products", (kh, out.shape[0], m))
+        xp.matmul(w_rows, stacked, out=products.reshape(kh * out.shape[0], m))
+        _add_products_shifted(products, out, start, row_stride)
+    return stacked
+
+
 def _correlate(xp, layer, src, w_rows, row_stride: int, out):
     """``out[:, u] = sum_ij W_ij src[:, u + i·row_stride + j]`` for every column ``u`` of ``out``; returns ``out``.
 
@@ -154,11 +172,7 @@ def _correlate(xp, layer, src, w_rows, row_stride: int, out):
     columns = min(src.shape[1] - (kw - 1), length + (kh - 1) * row_stride)  # input columns worth a product
     block = block_length(layer, columns, (kw * rows + kh * o) * src.dtype.itemsize)
     for start in range(0, columns, block):
-        stop = min(columns, start + block)
-        stacked = _stack_shifts(src, start, stop, kw, WORKSPACE.take(src, "conv.shifted", (kw, rows, stop - start)))
-        products = WORKSPACE.take(src, "conv.products", (kh, o, stop - start))
-        xp.matmul(w_rows, stacked.reshape(kw * rows, stop - start), out=products.reshape(kh * o, stop - start))
-        _add_products_shifted(products, out, start, row_stride)
+        _correlate_block(xp, src, start, min(columns, start + block), w_rows, layer.kernel_size, row_stride, out)
     if columns < length:
         out[:, max(columns, 0):] = 0
     return out
@@ -194,19 +208,16 @@ def stacked_rows_backward(layer, xp, dy, padded, need_dx: bool, need_dw: bool):
     """
     c, n, hp, wp = padded.shape
     o, (kh, kw) = layer.out_channels, layer.kernel_size
-    ho, wo = dy.shape[2], dy.shape[3]
     grid = n * hp * wp
     lead = (kh - 1) * wp + (kw - 1)  # zero columns in front of dy: t - s_ij never goes negative
     d_flat = WORKSPACE.take(padded, "conv.dy_grid", (o, lead + grid))
     d_flat[:, :lead] = 0
-    d_grid = d_flat[:, lead:].reshape(o, n, hp, wp)
-    d_grid[:, :, :ho, wo:] = 0  # dy on the padded grid, zero at the cropped positions
-    d_grid[:, :, ho:] = 0
-    d_grid[:, :, :ho, :wo] = dy.transpose(1, 0, 2, 3)
+    embed_on_grid(dy, d_flat[:, lead:].reshape(o, n, hp, wp))  # dy on the padded grid, zero at the cropped positions
     x_flat = padded.reshape(c, grid)
     columns = grid + (kh - 1) * wp  # = lead + grid - (kw - 1): every column of D a stacked window can start at
     per_column = (kw * o + (kh * c if need_dx else 0) + (kh * c if need_dw else 0)) * padded.dtype.itemsize
     block = block_length(layer, columns, per_column)
+    w_rows = dx_grid = None
     if need_dx:
         flipped = layer.weight.data.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]  # (C, O, kh, kw)
         w_rows = stacked_row_weights(xp, flipped)  # (kh·C, kw·O)
@@ -216,12 +227,8 @@ def stacked_rows_backward(layer, xp, dy, padded, need_dx: bool, need_dw: bool):
     for start in range(0, columns, block):
         stop = min(columns, start + block)
         m = stop - start
-        stacked = _stack_shifts(d_flat, start, stop, kw, WORKSPACE.take(padded, "conv.shifted", (kw, o, m)))
-        stacked = stacked.reshape(kw * o, m)
-        if need_dx:
-            products = WORKSPACE.take(padded, "conv.products", (kh, c, m))
-            xp.matmul(w_rows, stacked, out=products.reshape(kh * c, m))
-            _add_products_shifted(products, dx_grid, start, wp)
+        # the forward's block on D with the flipped kernel (dx), keeping S_D for dW
+        stacked = _correlate_block(xp, d_flat, start, stop, w_rows, layer.kernel_size, wp, dx_grid)
         if need_dw:
             rows = _stack_rows_of_input(x_flat, start, stop, kh, wp, WORKSPACE.take(padded, "conv.im2col", (kh, c, m)))
             rows = rows.reshape(kh * c, m)
@@ -231,7 +238,7 @@ def stacked_rows_backward(layer, xp, dy, padded, need_dx: bool, need_dw: bool):
                 part = WORKSPACE.take(padded, "conv.product", dw_flipped.shape)
                 xp.matmul(stacked, rows.T, out=part)
                 dw_flipped += part
-    dx = dx_grid.reshape(c, n, hp, wp) if need_dx else None
+    dx = None if dx_grid is None else dx_grid.reshape(c, n, hp, wp)
     dw = None
     if need_dw:  # [(j', o), (i', c)] -> (O, C, kh, kw), with i = kh-1-i', j = kw-1-j'
         dw = dw_flipped.reshape(kw, o, kh, c)[::-1, :, ::-1].transpose(1, 3, 2, 0)

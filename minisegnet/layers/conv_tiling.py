@@ -56,7 +56,7 @@ from __future__ import annotations
 from ..workspace import WORKSPACE
 
 __all__ = ["plan_tiling", "row_weights", "image_ranges", "flat_windows", "equal_blocks", "gathered_windows",
-           "plan_output_tiles", "output_tiles", "gather_tile", "scatter_tile"]
+           "plan_output_tiles", "output_tiles", "gather_tile", "scatter_tile", "embed_on_grid"]
 
 
 def plan_tiling(kw: int, rows: int, length: int, halo: int, itemsize: int, max_bytes: int,
@@ -229,3 +229,15 @@ def scatter_tile(d_cols, kernel_size, stride, tile, wo: int, d_padded):
         for j in range(kw):
             d_padded[_window(i, j, stride, tile, wo)] += d_cols[i, j]
     return d_padded
+
+
+def embed_on_grid(dy, grid):
+    """``grid`` (O, N, Hp, Wp) <- ``dy`` (N, O, Ho, Wo) channel-major in its top-left corner, zero elsewhere.
+
+    Only the cropped positions are zeroed (not the whole grid first): one pass less over
+    an output-sized array per backward.
+    """
+    ho, wo = dy.shape[2], dy.shape[3]
+    grid[:, :, :ho, wo:] = 0
+    grid[:, :, ho:] = 0
+    grid[:, :, :ho, :wo] = dy.transpose(1, 0, 2, 3)
