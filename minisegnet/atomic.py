@@ -25,16 +25,20 @@ def write_atomically(path, write: Callable, binary: bool = True) -> str:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    fd = None
     try:
+        # inside the try: a signal's exception (Ctrl-C twice during a save) can come right after the
+        # file is created and before ``fd`` is bound, and the file must still go
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if fd is not None or not isinstance(exc, FileExistsError):  # FileExistsError: the name was somebody else's
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
     with contextlib.suppress(OSError):  # make the rename durable (POSIX); harmless where folders cannot be opened
         dir_fd = os.open(directory, os.O_RDONLY)
