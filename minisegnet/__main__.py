@@ -1,6 +1,6 @@
 """``python -m minisegnet``: the same as the ``minisegnet`` command."""
 import sys
 
-from .cli import main
+from .cli import command
 
-sys.exit(main())
+sys.exit(command())

@@ -3,13 +3,16 @@
 **Time.**
 
 ``TrainConfig.minutes`` bounds the whole :func:`~minisegnet.train.train` call, data
-preparation and final evaluation included: the clock starts when the run is created.  A run
-that must stop in time has to know three things, all measured on the run itself:
+preparation and final evaluation included: the clock starts when the run is created, or, for
+the ``minisegnet`` command, when its process started (:func:`seconds_since_process_start`), so
+that ``--minutes 30`` bounds what ``time minisegnet train ...`` measures.  A run that must stop
+in time has to know three things, all measured on the run itself:
 
 * **what a step costs**: the mean of the recent steps (the very first, with its allocations,
   left out);
 * **what the end of the run costs** (the *final reserve*): the last evaluation (measured on one
-  validation batch before training, then on every evaluation), the figure, writing both
+  validation batch before training, then on every evaluation, keeping the slowest: evaluations
+  on a shared machine differ by a third from one to the next), the figure, writing both
   checkpoints and, with ``recompute_bn``, the pass over the training images;
 * **whether another step fits**: elapsed + one step + the final reserve <= the budget.  Before
   each step the loop asks; when it does not fit, the run stops, evaluates, saves ``last.npz``
@@ -56,8 +59,8 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["TimeBudget", "PLAN_AFTER_STEPS", "format_clock", "MemoryEstimate", "estimate_training_memory",
-           "available_memory", "InsufficientMemory"]
+__all__ = ["TimeBudget", "PLAN_AFTER_STEPS", "format_clock", "seconds_since_process_start", "MemoryEstimate",
+           "estimate_training_memory", "available_memory", "InsufficientMemory"]
 
 PLAN_AFTER_STEPS = 5  # steps timed before a schedule is planned from the budget
 RECENT_STEPS = 20  # the step estimate is the mean of this many recent steps
@@ -72,9 +75,10 @@ class TimeBudget:
     ``figure``/``recompute_bn``: whether the end of the run draws the figure / recomputes the
     BatchNorm statistics; ``start``: when the clock started (default: now, by ``clock``).
 
-    The loop feeds in what it measures: :meth:`record_step` after each step, and the
-    attributes ``eval_batch_seconds`` (one validation batch), ``save_seconds`` (writing the
-    checkpoints once) and ``figure_seconds`` (drawing the figure once).
+    The loop feeds in what it measures: :meth:`record_step` after each step,
+    :meth:`record_evaluation` after each evaluation (``eval_batch_seconds``: the slowest validation
+    batch so far), and the attributes ``save_seconds`` (writing the checkpoints once) and
+    ``figure_seconds`` (drawing the figure once).
     """
 
     def __init__(self, minutes: float | None, *, train_batches: int, val_batches: int, figure: bool = True,
@@ -117,6 +121,17 @@ class TimeBudget:
         if self._recent:
             return sum(self._recent) / len(self._recent)
         return self._first_step or 0.0
+
+    def record_evaluation(self, seconds: float, batches: int) -> None:
+        """An evaluation of ``batches`` batches took ``seconds``: reserve the slowest one seen for the next.
+
+        On a shared machine one evaluation can take a third longer than the one before (10.0 and
+        then 14.3 s, measured in one run), and a run that reserved the last one's time for its
+        final evaluation ended seconds after its budget.  So ``eval_batch_seconds`` keeps the
+        slowest per-batch time measured in this run (the warm-up probe's included).
+        """
+        if batches > 0:
+            self.eval_batch_seconds = max(self.eval_batch_seconds or 0.0, seconds / batches)
 
     def measure_eval_batch(self, model, images) -> float:
         """Time one validation forward of ``images`` (after a warm-up one) and remember it."""
@@ -184,6 +199,22 @@ class TimeBudget:
         after = self.eval_batch_seconds * self.val_batches + self._figure_reserve()
         left = self.left() - after - 2 * self.save_seconds
         return max(1, min(self.train_batches, int(left / (1.1 * self.eval_batch_seconds))))
+
+
+def seconds_since_process_start() -> float:
+    """How long this process has been running: Linux's ``/proc/self/stat`` against the boot clock (0.0 elsewhere).
+
+    The ``minisegnet`` command starts its time budget that much earlier than the training run
+    is created, so that ``--minutes 30`` bounds what ``time minisegnet train ...`` measures,
+    the interpreter's start and the imports included (about two seconds here).
+    """
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            after_name = f.read().rsplit(")", 1)[1].split()  # the name may hold spaces: cut after it
+        started = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in ticks since boot
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
 
 
 def format_clock(seconds: float) -> str:
@@ -301,15 +332,18 @@ def probe_size(size) -> tuple[int, int]:
     return max(32, int(round(h * scale / 32)) * 32), max(32, int(round(w * scale / 32)) * 32)
 
 
-def measure_step(model, size, num_classes: int) -> tuple[int, dict]:
+def measure_step(model, size, num_classes: int, lovasz_weight: float = 0.0) -> tuple[int, dict]:
     """Peak bytes NumPy allocates in one training step of a copy of ``model`` on one image of ``size``.
+
+    The step's loss is the run's: the cross-entropy, plus the Lovász-softmax when ``lovasz_weight``
+    is > 0 (its sort's arrays, a few per logit, are there at the step's peak, the end of the forward).
 
     Returns ``(peak, workspace)`` with ``workspace`` the bytes of each scratch role at the
     end of the step.  The step runs in a thread of its own (fresh scratch, freed with it),
     on a copy of the model (the model's weights, statistics, caches and gradients are left
     alone), on the CPU.  The gradients' bytes are part of the peak.
     """
-    from .layers import SoftmaxCrossEntropy
+    from .layers import LossSum, LovaszSoftmax, SoftmaxCrossEntropy
     from .workspace import WORKSPACE
 
     result = {}
@@ -323,6 +357,8 @@ def measure_step(model, size, num_classes: int) -> tuple[int, dict]:
         x = rng.standard_normal((1, 3, *size)).astype(probe.dtype)
         y = rng.integers(0, num_classes, (1, *size))
         criterion = SoftmaxCrossEntropy()
+        if lovasz_weight > 0:
+            criterion = LossSum((1.0, criterion), (lovasz_weight, LovaszSoftmax()))
         was_tracing = tracemalloc.is_tracing()
         if not was_tracing:
             tracemalloc.start()
@@ -348,16 +384,18 @@ def measure_step(model, size, num_classes: int) -> tuple[int, dict]:
 
 
 def estimate_training_memory(model, *, size, batch_size: int, optimizer: str = "adam", images: int = 0,
-                             num_classes: int = 11, device: str = "cpu") -> MemoryEstimate:
+                             num_classes: int = 11, device: str = "cpu",
+                             lovasz_weight: float = 0.0) -> MemoryEstimate:
     """Estimate the memory a run of ``model`` at ``size`` with ``batch_size`` needs (module docstring).
 
-    ``images``: how many decoded images (with their labels) the run keeps in memory.
+    ``images``: how many decoded images (with their labels) the run keeps in memory;
+    ``lovasz_weight``: the run's Lovász-softmax term (> 0: the probe's loss has it too).
     """
     from .layers import Conv2d
 
     size = (int(size[0]), int(size[1]))
     probe = probe_size(size)
-    peak, workspace = measure_step(model, probe, num_classes)
+    peak, workspace = measure_step(model, probe, num_classes, lovasz_weight)
     itemsize = np.dtype(model.dtype).itemsize
     weights = model.num_parameters() * itemsize
     scale = (size[0] * size[1]) / (probe[0] * probe[1])
@@ -448,7 +486,8 @@ def check_training_memory(model, config):
 
     estimate = estimate_training_memory(model, size=config.size, batch_size=config.batch_size,
                                         optimizer=config.optimizer, images=_image_count(config),
-                                        num_classes=NUM_CLASSES, device=config.device)
+                                        num_classes=NUM_CLASSES, device=config.device,
+                                        lovasz_weight=config.lovasz_weight)
     if not estimate.fits():
         raise InsufficientMemory(estimate.refusal())
     return estimate

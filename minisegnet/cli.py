@@ -30,6 +30,7 @@ import argparse
 import math
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -235,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--class-weight-power-end", type=_non_negative("a number"), default=None, metavar="P1",
                     help="anneal the class weights: their power moves linearly from --class-weight-power at the "
                     "first step to P1 at the end of the learning-rate schedule (default: no annealing)")
+    tr.add_argument("--lovasz-weight", type=_non_negative("a number"), default=defaults.lovasz_weight, metavar="W",
+                    help="add W times the Lovász-softmax loss (a convex surrogate of each class's 1 - IoU) to the "
+                    f"class-weighted cross-entropy (default: {defaults.lovasz_weight:g}; 0: the cross-entropy alone)")
     tr.add_argument("--vgg16", metavar="FILE", default=None,
                     help="start SegNet's encoder from ImageNet VGG16 weights: a torchvision .npz (see "
                     "minisegnet.checkpoint.load_vgg16_encoder for how to make one); segnet and bayesian-segnet only")
@@ -353,13 +357,16 @@ def _print_scores(metrics: dict) -> None:
     print(line)
 
 
-def _run_training(config, progress: bool, given: dict | None = None) -> int:
-    """Prepare (mistakes: one line, exit 2) and train: divergence or a failed write exit 1, Ctrl-C 130, SIGTERM 143."""
+def _run_training(config, progress: bool, given: dict | None = None, started: float | None = None) -> int:
+    """Prepare (mistakes: one line, exit 2) and train: divergence or a failed write exit 1, Ctrl-C 130, SIGTERM 143.
+
+    ``started``: the ``time.monotonic()`` the time budget counts from (None: when the run is created).
+    """
     from .run_folder import RunFolderWriteError, checkpoint_step
     from .train import Trainer, TrainingInterrupted
 
     try:
-        trainer = Trainer(config, progress=progress, given=given)
+        trainer = Trainer(config, progress=progress, given=given, started=started)
     except TrainingInterrupted as exc:  # while preparing: nothing to save yet
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.exit_status
@@ -393,7 +400,7 @@ def cmd_demo(args) -> int:
 
     config = TrainConfig(**DEMO_DEFAULTS, minutes=args.minutes, seed=args.seed, device=args.device,
                          out_dir=args.out, overwrite=True)  # a demo replaces the previous demo
-    return _run_training(config, progress=not args.quiet)
+    return _run_training(config, progress=not args.quiet, started=args.started)
 
 
 # Options that shape only some architectures: refused for the others, so that none is silently ignored.
@@ -469,7 +476,7 @@ def cmd_train(args) -> int:
         save_every=args.save_every, eval_every=args.eval_every, overwrite=args.overwrite,
         memory_check=not args.no_memory_check,
     )
-    return _run_training(config, progress=not args.quiet, given=given)
+    return _run_training(config, progress=not args.quiet, given=given, started=args.started)
 
 
 def _train_settings(args, given: dict) -> dict:
@@ -490,7 +497,7 @@ def _train_settings(args, given: dict) -> dict:
         optimizer=args.optimizer,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_steps=args.warmup, class_weights=args.class_weights, class_weight_power=args.class_weight_power,
-        class_weight_power_end=args.class_weight_power_end, vgg16=args.vgg16,
+        class_weight_power_end=args.class_weight_power_end, lovasz_weight=args.lovasz_weight, vgg16=args.vgg16,
         seed=args.seed, recompute_bn=args.recompute_bn, eval_at_train_size=args.at_train_size,
         train_limit=args.train_limit, val_limit=args.val_limit, preset=args.preset,
     )
@@ -520,6 +527,7 @@ _TRAIN_SETTINGS = {
     "warmup": ("warmup_steps", "--warmup"), "class_weights": ("class_weights", "--[no-]class-weights"),
     "class_weight_power": ("class_weight_power", "--class-weight-power"),
     "class_weight_power_end": ("class_weight_power_end", "--class-weight-power-end"), "vgg16": ("vgg16", "--vgg16"),
+    "lovasz_weight": ("lovasz_weight", "--lovasz-weight"),
     "preset": ("preset", "--preset"), "at_train_size": ("eval_at_train_size", "--at-train-size"),
     "recompute_bn": ("recompute_bn", "--[no-]recompute-bn"), "eval_every": ("eval_every", "--eval-every"),
     "seed": ("seed", "--seed"),
@@ -647,14 +655,20 @@ def _one_line_warnings(show_otherwise):
     return show
 
 
-def main(argv=None) -> int:
-    """Run the ``minisegnet`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+def main(argv=None, *, started: float | None = None) -> int:
+    """Run the ``minisegnet`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    ``started``: the ``time.monotonic()`` a time budget (``--minutes``, the demo's) counts from;
+    None: from when the run is created.  :func:`command`, the installed command, passes its
+    process's start.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the words typed (train: which options were given)
+    args.started = started
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -671,5 +685,14 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
 
 
+def command() -> int:
+    """The installed ``minisegnet`` command (and ``python -m minisegnet``): :func:`main` on ``sys.argv``, its
+    time budgets counted from this process's start, so that ``--minutes`` bounds the whole command, the
+    interpreter's start and the imports included (:func:`~minisegnet.budget.seconds_since_process_start`)."""
+    from .budget import seconds_since_process_start
+
+    return main(started=time.monotonic() - seconds_since_process_start())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(command())

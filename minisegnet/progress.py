@@ -57,7 +57,9 @@ class Progress:
             f"{config.optimizer} lr {config.lr:g}"
             + (f" after {config.warmup_steps} warm-up steps" if getattr(config, "warmup_steps", 0) else "")
             + f", batch {config.batch_size}, "
-            f"class weights {_weights_in_words(config) if class_weights else 'off'}, {length}, "
+            f"class weights {_weights_in_words(config) if class_weights else 'off'}"
+            + (f", + {config.lovasz_weight:g} x Lovasz-softmax" if getattr(config, "lovasz_weight", 0) else "")
+            + f", {length}, "
             f"device {config.device}, out {out_dir}"
             + (f"; resumed from {resumed[0]} at epoch {resumed[1]} step {resumed[2]}" if resumed else "")
         )

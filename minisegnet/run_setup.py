@@ -11,7 +11,9 @@ it needs and a mistake is reported before minutes of work:
    estimated, before the data is decoded;
 4. the data, its loaders, the loss and the optimizer are made: the class weights are the training
    labels' median-frequency weights to the power ``class_weight_power`` (none at 0; with
-   ``class_weight_power_end`` the trainer anneals that power step by step), and the validation
+   ``class_weight_power_end`` the trainer anneals that power step by step); with ``lovasz_weight`` W > 0
+   the loss is the cross-entropy plus W × the Lovász-softmax (``trainer.criterion`` a
+   :class:`~minisegnet.layers.LossSum`, ``trainer.cross_entropy`` its first term); the validation
    loader gives the labels at their own resolution (CamVid: 360×480) unless ``eval_at_train_size``, so
    every validation pass -- the per-epoch ones that choose ``best.npz`` as well as the last -- is scored
    as published scores are (:mod:`minisegnet.evaluation`);
@@ -40,7 +42,7 @@ from .data import (VOID_LABEL, BatchLoader, CamVid, TrainTransform, compute_mean
                    median_frequency_weights)
 from .evaluation import with_labels_at_own_size
 from .finite import DivergenceWatch
-from .layers import SoftmaxCrossEntropy
+from .layers import LossSum, LovaszSoftmax, SoftmaxCrossEntropy
 from .models import build_model
 from .optim import SGD, Adam
 from .run_data import load_datasets as _load_datasets
@@ -108,8 +110,10 @@ def prepare_run(trainer, config: TrainConfig, given: dict | None, load_datasets=
                                      mean=trainer.mean, std=trainer.std)
 
     # loss, optimizer
-    trainer.criterion = SoftmaxCrossEntropy(weight=trainer.class_weights, ignore_index=VOID_LABEL,
-                                            normalize=config.loss_normalize)
+    trainer.cross_entropy = SoftmaxCrossEntropy(weight=trainer.class_weights, ignore_index=VOID_LABEL,
+                                                normalize=config.loss_normalize)
+    trainer.criterion = trainer.cross_entropy if config.lovasz_weight == 0 else LossSum(
+        (1.0, trainer.cross_entropy), (config.lovasz_weight, LovaszSoftmax(ignore_index=VOID_LABEL)))
     params = trainer.model.parameters()
     if config.optimizer == "sgd":
         trainer.optimizer = SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)

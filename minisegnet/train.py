@@ -5,7 +5,8 @@ The loop only orchestrates.  Each step is the pipeline written out::
     images, labels = next batch                       # data   (minisegnet.data)
     model.zero_grad()
     logits = model.forward(images)                    # model  (minisegnet.models, minisegnet.layers)
-    loss = criterion.forward(logits, labels)          # loss   (SoftmaxCrossEntropy, class-weighted)
+    loss = criterion.forward(logits, labels)          # loss   (SoftmaxCrossEntropy, class-weighted;
+                                                      #         + LovaszSoftmax with --lovasz-weight)
     model.backward(criterion.backward(), input_grad=False)   # through the model, in reverse
     optimizer.step()                                  # optimizer (minisegnet.optim)
 
@@ -74,11 +75,15 @@ class Trainer:
     line can report those mistakes in one line; a failed start leaves an old run alone.
 
     ``given``: the settings the user chose on purpose (``{field: label}``, the command line
-    passes its options); None: the fields that differ from their defaults.
+    passes its options); None: the fields that differ from their defaults.  ``started``: the
+    ``time.monotonic()`` the time budget counts from (default: now).
     """
 
-    def __init__(self, config: TrainConfig, progress: bool = True, given: dict | None = None):
-        self.start_time = time.monotonic()  # the time budget counts from here
+    def __init__(self, config: TrainConfig, progress: bool = True, given: dict | None = None,
+                 started: float | None = None):
+        # the time budget counts from here, or from ``started`` (a time.monotonic() value: the command
+        # line passes its process's start, so that --minutes bounds the whole command)
+        self.start_time = time.monotonic() if started is None else float(started)
         self.progress = Progress(progress)
         self.folder = None
         self._signals = SignalGuard()
@@ -220,7 +225,7 @@ class Trainer:
         return self._stop_reason() or "minutes"
 
     def _anneal_class_weights(self) -> None:
-        """Give the loss this step's class weights when they are annealed (``class_weight_power_end``).
+        """Give the cross-entropy this step's class weights when they are annealed (``class_weight_power_end``).
 
         The run's weights are the median-frequency weights ``w`` to the power ``P0``; at this step
         the loss takes ``w ** P = (w ** P0) ** (P / P0)`` (:func:`~minisegnet.schedule.class_weight_power_at`).
@@ -229,7 +234,7 @@ class Trainer:
         if config.class_weight_power_end is None:
             return
         power = class_weight_power_at(config, self.step, self.schedule_steps, self.schedule_anchor)
-        self.criterion.weight = self.class_weights ** (power / config.class_weight_power)
+        self.cross_entropy.weight = self.class_weights ** (power / config.class_weight_power)
 
     def _warm_up(self) -> None:
         """Scale the scheduled learning rate of this step by the warm-up's factor (``warmup_steps``).
@@ -334,8 +339,7 @@ class Trainer:
         with self._signals.at_once():  # changes nothing: a signal stops it, the resumed run evaluates again
             scores = evaluate(self.model, self.val_loader)
         seconds = time.perf_counter() - started
-        if len(self.val_loader):
-            self.budget.eval_batch_seconds = seconds / len(self.val_loader)
+        self.budget.record_evaluation(seconds, len(self.val_loader))
         losses = self._epoch_losses
         record = {
             "epoch": self.epoch + self.batch / len(self.train_loader), "step": self.step,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
@@ -46,6 +47,38 @@ def test_the_final_reserve_counts_evaluation_figure_checkpoints_and_bn():
     assert b.final_reserve() == pytest.approx(3.5)
     b.recompute_bn = True  # a pass over the training set (1.2 eval batches a batch) and one more evaluation
     assert b.final_reserve() == pytest.approx(3.5 + 0.5 * (10 * 1.2 + 4))
+
+
+def test_the_reserve_keeps_the_slowest_evaluation_seen():
+    """Evaluations vary from one to the next: the end of the run reserves the slowest, not the last."""
+    b, _ = budget()
+    b.eval_batch_seconds = 0.5  # the probe before training
+    b.record_evaluation(12.0, batches=4)  # 3 s a batch
+    b.record_evaluation(8.0, batches=4)  # a faster one does not lower the reserve
+    assert b.eval_batch_seconds == 3.0 and b.final_reserve() == pytest.approx(4 * 3.0)
+    b.record_evaluation(14.0, batches=4)
+    assert b.eval_batch_seconds == 3.5
+    b.record_evaluation(5.0, batches=0)  # an empty validation split: nothing learnt
+    assert b.eval_batch_seconds == 3.5
+    fresh, _ = budget()
+    fresh.record_evaluation(2.0, batches=4)
+    assert fresh.eval_batch_seconds == 0.5
+
+
+def test_the_process_age_is_how_long_this_process_has_run():
+    import subprocess
+    import sys
+
+    probe = ("import time; time.sleep(1.5); from minisegnet.budget import seconds_since_process_start as age; "
+             "print(age())")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    wall = time.monotonic() - started
+    age = float(out.stdout)
+    if not sys.platform.startswith("linux"):
+        assert age == 0.0  # unknown elsewhere: the budget counts from the run's creation
+        return
+    assert 1.5 <= age <= wall + 0.05, (age, wall)
 
 
 def test_a_step_fits_when_it_and_the_end_of_the_run_fit():

@@ -325,7 +325,8 @@ def test_no_scale_jitter_by_default(tmp_path, monkeypatch):
     import minisegnet.cli as cli
 
     seen = []
-    monkeypatch.setattr(cli, "_run_training", lambda config, progress, given=None: seen.append(config) or 0)
+    monkeypatch.setattr(cli, "_run_training",
+                        lambda config, progress, given=None, started=None: seen.append(config) or 0)
     assert main(["train", *TINY_TRAIN, "--epochs", "1", "--out", str(tmp_path / "a")]) == 0
     assert main(["train", *TINY_TRAIN, "--epochs", "1", "--out", str(tmp_path / "b"), "--scale-jitter=0.5,2"]) == 0
     assert [c.scale_jitter for c in seen] == [None, (0.5, 2.0)]

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 from minisegnet import BatchNorm2d, Conv2d, Dropout, MaxPool2d, MaxUnpool2d, ReLU, SoftmaxCrossEntropy
+from minisegnet.layers import LossSum, LovaszSoftmax
 from minisegnet.backend import cuda_is_available, device_of, to_device, to_numpy
 from minisegnet.models import BayesianSegNetBasic, SegNetBasic
 from minisegnet.optim import SGD
@@ -182,6 +183,21 @@ def test_softmax_cross_entropy(normalize, dtype, rng):
     assert loss_dev == pytest.approx(loss, rel=TOLERANCE[np.dtype(dtype).type]["rtol"])
     g = 0.7
     assert_same(layer.backward(g), dev_layer.backward(g), dtype, "logit gradient")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lovasz_softmax_and_the_loss_sum(dtype, rng):
+    k = 5
+    logits = (3 * rng.standard_normal((2, k, 6, 7))).astype(dtype)
+    labels = rng.integers(0, k + 1, (2, 6, 7)).astype(np.uint8)  # label k is ignored
+    for layer in (LovaszSoftmax(ignore_index=k),
+                  LossSum((1.0, SoftmaxCrossEntropy(ignore_index=k)), (0.5, LovaszSoftmax(ignore_index=k)))):
+        dev_layer = on_device(layer)
+        loss = layer(logits, labels)
+        loss_dev = dev_layer(to_device(logits, DEVICE), to_device(labels, DEVICE))
+        assert float(loss_dev) == pytest.approx(loss, rel=TOLERANCE[np.dtype(dtype).type]["rtol"])
+        assert_same(layer.backward(0.7), dev_layer.backward(0.7), dtype, f"{type(layer).__name__} logit gradient")
 
 
 @gpu

@@ -507,17 +507,22 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint
 
 
 # -- memory ------------------------------------------------------------------------------------
-def test_the_memory_estimate_covers_a_real_step_without_overshooting_much():
+@pytest.mark.parametrize("lovasz_weight", [0.0, 1.0])
+def test_the_memory_estimate_covers_a_real_step_without_overshooting_much(lovasz_weight):
     import threading
     import tracemalloc
 
-    from minisegnet.layers import SoftmaxCrossEntropy
+    from minisegnet.layers import LossSum, LovaszSoftmax, SoftmaxCrossEntropy
     from minisegnet.models import build_model
     from minisegnet.optim import Adam
 
     model = build_model("segnet-basic", channels=16, kernel_size=3, rng=0)
     size, batch = (64, 96), 3
-    estimate = budget.estimate_training_memory(model, size=size, batch_size=batch, optimizer="adam")
+    estimate = budget.estimate_training_memory(model, size=size, batch_size=batch, optimizer="adam",
+                                               lovasz_weight=lovasz_weight)
+    if lovasz_weight:  # the term's sort arrays are part of the step's peak, and of the estimate
+        plain = budget.estimate_training_memory(model, size=size, batch_size=batch, optimizer="adam")
+        assert estimate.per_image > plain.per_image
     measured = {}
 
     def real_steps():  # two steps of a copy at the full size, with Adam's state: what a run holds at its peak
@@ -526,6 +531,8 @@ def test_the_memory_estimate_covers_a_real_step_without_overshooting_much():
         tracemalloc.start()
         probe = copy.deepcopy(model).train()
         optimizer, criterion = Adam(probe.parameters()), SoftmaxCrossEntropy()
+        if lovasz_weight:
+            criterion = LossSum((1.0, criterion), (lovasz_weight, LovaszSoftmax()))
         rng = np.random.default_rng(0)
         x = rng.standard_normal((batch, 3, *size)).astype(np.float32)
         y = rng.integers(0, 11, (batch, *size))

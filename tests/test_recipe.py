@@ -20,6 +20,7 @@ from minisegnet.config import PRESET_TARGETS, PRESETS, SOLVER_DEFAULTS, TrainCon
 from minisegnet.data import (ArrayDataset, BatchLoader, CamVid, SyntheticStreets, cache_resized,
                              median_frequency_weights, read_label, resize_label)
 from minisegnet.evaluation import ScoringSet, evaluate, evaluate_checkpoint, scoring_set, with_labels_at_own_size
+from minisegnet.layers import LossSum, LovaszSoftmax, SoftmaxCrossEntropy
 from minisegnet.models import SegNetBasic
 from minisegnet.run_data import evenly_spaced
 from minisegnet.run_setup import tempered_class_weights
@@ -234,18 +235,25 @@ def test_power_one_is_segnets_weights_and_zero_is_no_weighting(street_labels):
     assert tempered_class_weights(street_labels, TrainConfig(class_weights=False)) is None
 
 
-def test_a_run_at_power_zero_is_the_unweighted_run(tmp_path):
-    def final_weights(name, **settings):
-        config = TrainConfig(**TINY, dataset="synthetic", synthetic_train=8, synthetic_val=4, max_steps=2,
-                             out_dir=str(tmp_path / name), **settings)
-        trainer = Trainer(config, progress=False)
-        assert trainer.criterion.weight is None
-        trainer.fit()
-        model = SegNetBasic(channels=8, kernel_size=3)
-        load_checkpoint(tmp_path / name / "last.npz", model)
-        return [p.data for p in model.parameters()]
+def _final_weights(tmp_path, name, check=None, **settings):
+    """The weights after two steps of a tiny synthetic run with ``settings`` (``check(trainer)`` before it trains)."""
+    config = TrainConfig(**TINY, dataset="synthetic", synthetic_train=8, synthetic_val=4, max_steps=2,
+                         out_dir=str(tmp_path / name), **settings)
+    trainer = Trainer(config, progress=False)
+    if check is not None:
+        check(trainer)
+    trainer.fit()
+    model = SegNetBasic(channels=8, kernel_size=3)
+    load_checkpoint(tmp_path / name / "last.npz", model)
+    return [p.data for p in model.parameters()]
 
-    zero, off = final_weights("zero", class_weight_power=0.0), final_weights("off", class_weights=False)
+
+def test_a_run_at_power_zero_is_the_unweighted_run(tmp_path):
+    def unweighted(trainer):
+        assert trainer.cross_entropy.weight is None
+
+    zero = _final_weights(tmp_path, "zero", unweighted, class_weight_power=0.0)
+    off = _final_weights(tmp_path, "off", unweighted, class_weights=False)
     assert all(np.array_equal(a, b) for a, b in zip(zero, off))
 
 
@@ -289,13 +297,13 @@ def test_the_annealed_power_moves_linearly_over_the_schedule():
 
 def _weights_seen(trainer):
     """Run ``trainer`` and return the class weights its loss took at each step."""
-    seen, forward = [], trainer.criterion.forward
+    seen, forward = [], trainer.cross_entropy.forward
 
     def recording(logits, labels):
-        seen.append(np.array(trainer.criterion.weight))
+        seen.append(np.array(trainer.cross_entropy.weight))
         return forward(logits, labels)
 
-    trainer.criterion.forward = recording
+    trainer.cross_entropy.forward = recording
     trainer.fit()
     return seen
 
@@ -339,6 +347,71 @@ def test_a_resumed_run_anneals_on_where_it_stopped(tmp_path):
 def test_bad_annealing_is_refused(settings, fragment):
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         TrainConfig(epochs=1, **settings).validate()
+
+
+# -- the Lovász-softmax term -----------------------------------------------------------------------
+def test_a_run_with_a_lovasz_weight_trains_on_the_sum_and_without_one_on_the_cross_entropy(tmp_path):
+    def trainer_with(name, **settings):
+        return Trainer(TrainConfig(**TINY, dataset="synthetic", synthetic_train=8, synthetic_val=4, max_steps=2,
+                                   out_dir=str(tmp_path / name), **settings), progress=False)
+
+    plain = trainer_with("plain", lovasz_weight=0.0)
+    assert plain.criterion is plain.cross_entropy and isinstance(plain.criterion, SoftmaxCrossEntropy)
+    summed = trainer_with("summed", lovasz_weight=0.5)
+    assert isinstance(summed.criterion, LossSum) and summed.criterion.weights == (1.0, 0.5)
+    ce, lovasz = summed.criterion.terms
+    assert ce is summed.cross_entropy and isinstance(lovasz, LovaszSoftmax)
+    assert lovasz.ignore_index == ce.ignore_index == 11
+    np.testing.assert_array_equal(ce.weight, summed.class_weights)
+    summed.fit()
+    assert TrainConfig.from_dict(_extra(tmp_path / "summed" / "last.npz")["train_config"]).lovasz_weight == 0.5
+
+
+def test_the_lovasz_term_changes_the_training(tmp_path):
+    plain = _final_weights(tmp_path, "plain", lovasz_weight=0.0)
+    summed = _final_weights(tmp_path, "summed", lovasz_weight=1.0)
+    assert not all(np.array_equal(a, b) for a, b in zip(plain, summed))
+
+
+def test_annealed_weights_reach_the_cross_entropy_of_a_sum(tmp_path):
+    trainer = _annealed_run(tmp_path, "run", lovasz_weight=1.0)
+    plain = median_frequency_weights(trainer.train_set)
+    total = trainer.schedule_steps
+    seen = _weights_seen(trainer)
+    assert len(seen) == total
+    np.testing.assert_allclose(seen[-1], plain ** (0.75 - 0.5 * (total - 1) / total), rtol=1e-12)
+
+
+@pytest.mark.parametrize("weight", [-0.5, float("nan"), float("inf"), "1", True])
+def test_bad_lovasz_weights_are_refused(weight):
+    with pytest.raises(ValueError, match="lovasz_weight: expected a number >= 0"):
+        TrainConfig(epochs=1, lovasz_weight=weight).validate()
+
+
+def test_runs_saved_before_the_lovasz_term_were_trained_without_it():
+    from minisegnet.config import DEFAULT_LOVASZ_WEIGHT
+
+    assert TrainConfig().lovasz_weight == DEFAULT_LOVASZ_WEIGHT
+    saved = TrainConfig(epochs=1, lovasz_weight=0.5).to_dict()
+    assert TrainConfig.from_dict(saved).lovasz_weight == 0.5
+    del saved["lovasz_weight"]
+    assert TrainConfig.from_dict(saved).lovasz_weight == 0.0
+    assert "lovasz_weight" not in TrainConfig.RESUMABLE_OVERRIDES
+
+
+def test_the_cli_passes_the_lovasz_weight_to_the_run(tmp_path, capsys):
+    _check_cli_option(tmp_path, capsys, "--lovasz-weight", "0.25", "lovasz_weight", 0.25, "1",
+                      "--lovasz-weight 1.0 (the run has 0.25)", "-1",
+                      "argument --lovasz-weight: expected a number >= 0, got '-1'")
+
+
+def test_the_run_line_names_the_lovasz_term(capsys):
+    from minisegnet.progress import Progress
+
+    Progress(True).describe_run(TrainConfig(minutes=1, lovasz_weight=0.5), 10, 1, 1, True, "out")
+    Progress(True).describe_run(TrainConfig(minutes=1, lovasz_weight=0.0), 10, 1, 1, True, "out")
+    with_term, without = capsys.readouterr().out.splitlines()[-2:]
+    assert "+ 0.5 x Lovasz-softmax" in with_term and "Lovasz" not in without
 
 
 # -- learning-rate warm-up -------------------------------------------------------------------------
@@ -460,15 +533,22 @@ def test_the_cli_passes_the_annealing_to_the_run(tmp_path, capsys):
     assert_one_line_error(rc, capsys.readouterr().err, "--class-weight-power-end 0.25 (the run has 0.5)")
 
 
-def test_the_cli_passes_the_warmup_to_the_run(tmp_path, capsys):
-    assert cli.main(["train", *TINY_CLI, "--epochs", "1", "--out", str(tmp_path / "run"), "--warmup", "3"]) == 0
+def _check_cli_option(tmp_path, capsys, option, value, field, saved_value, other, conflict, bad, refusal):
+    """``train OPTION value`` saves ``field == saved_value``; a resume with ``other`` is refused
+    (``conflict``), and ``bad`` is refused in one line (``refusal``)."""
+    assert cli.main(["train", *TINY_CLI, "--epochs", "1", "--out", str(tmp_path / "run"), option, value]) == 0
     capsys.readouterr()
     saved = TrainConfig.from_dict(_extra(tmp_path / "run" / "last.npz")["train_config"])
-    assert saved.warmup_steps == 3
-    rc = cli.main(["train", *TINY_CLI, "--out", str(tmp_path / "run"), "--resume", "--warmup", "10"])
-    assert_one_line_error(rc, capsys.readouterr().err, "--warmup 10 (the run has 3)")
-    rc = cli.main(["train", *TINY_CLI, "--epochs", "1", "--out", str(tmp_path / "bad"), "--warmup", "-2"])
-    assert_one_line_error(rc, capsys.readouterr().err, "argument --warmup: expected a whole number >= 0, got '-2'")
+    assert getattr(saved, field) == saved_value
+    rc = cli.main(["train", *TINY_CLI, "--out", str(tmp_path / "run"), "--resume", option, other])
+    assert_one_line_error(rc, capsys.readouterr().err, conflict)
+    rc = cli.main(["train", *TINY_CLI, "--epochs", "1", "--out", str(tmp_path / "bad"), option, bad])
+    assert_one_line_error(rc, capsys.readouterr().err, refusal)
+
+
+def test_the_cli_passes_the_warmup_to_the_run(tmp_path, capsys):
+    _check_cli_option(tmp_path, capsys, "--warmup", "3", "warmup_steps", 3, "10", "--warmup 10 (the run has 3)", "-2",
+                      "argument --warmup: expected a whole number >= 0, got '-2'")
 
 
 def _extra(path):
@@ -483,7 +563,7 @@ def planned(monkeypatch):
     """The TrainConfig and given options the command line would train with (nothing is trained)."""
     seen = {}
 
-    def capture(config, progress, given=None):
+    def capture(config, progress, given=None, started=None):
         seen.update(config=config, given=given)
         return 0
 
@@ -497,8 +577,8 @@ def planned(monkeypatch):
 
 
 CAFFE = dict(size=(360, 480), optimizer="sgd", momentum=0.9, weight_decay=5e-4, schedule="none", batch_size=4,
-             class_weights=True, class_weight_power=1.0, loss_normalize="valid", flip=False, crop=None,
-             recompute_bn=True)
+             class_weights=True, class_weight_power=1.0, lovasz_weight=0.0, loss_normalize="valid", flip=False,
+             crop=None, recompute_bn=True)
 
 
 @pytest.mark.parametrize("name, model, lr", [("segnet-basic-paper", "segnet-basic", 0.1),

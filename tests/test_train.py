@@ -209,6 +209,26 @@ def test_time_budget_is_respected(tmp_path):
     assert wall < 60 * budget + 3.0, f"{wall:.1f} s for a budget of {60 * budget:.0f} s"
 
 
+def test_the_budget_counts_from_the_start_it_is_given(tmp_path):
+    """``started`` (the command's process start) is when the budget's clock began: the time before it counts."""
+    earlier = time.monotonic() - 6.0  # six of the budget's nine seconds already spent
+    trainer = Trainer(tiny_config(tmp_path, minutes=0.15, schedule="none"), progress=False, started=earlier)
+    assert trainer.start_time == earlier and trainer.elapsed() >= 6.0
+    result = trainer.fit()
+    assert result.stopped_by == "minutes" and time.monotonic() - earlier < 9.0 + 3.0
+
+
+def test_the_installed_command_counts_its_budget_from_the_process_start(monkeypatch):
+    import minisegnet.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "main", lambda argv=None, *, started=None: seen.setdefault("started", started) and 0)
+    monkeypatch.setattr("minisegnet.budget.seconds_since_process_start", lambda: 42.0)
+    before = time.monotonic()
+    cli.command()
+    assert before - 42.0 <= seen["started"] <= time.monotonic() - 42.0
+
+
 def test_time_budget_stretches_a_poly_schedule(tmp_path):
     result = train(tiny_config(tmp_path, minutes=0.15, schedule="poly", figure=False), progress=False)
     extra = read_checkpoint(result.last_checkpoint, weights=False)["extra"]

@@ -1,4 +1,4 @@
-"""Per-pixel softmax cross-entropy: the loss SegNet trains with."""
+"""Per-pixel softmax cross-entropy: the loss SegNet trains with, and the label check every loss shares."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +11,54 @@ from ..validation import check_feature_map, require_cache
 _LAYER = "SoftmaxCrossEntropy"
 
 NORMALIZE_MODES = ("valid", "weights", "full", "batch", "sum")
+
+
+def checks_label_values(validate_labels: bool | None, xp) -> bool:
+    """Whether a loss reads its labels to check their range, for arrays of module ``xp``.
+
+    ``validate_labels`` when set, else only on NumPy (on CuPy it would stall the GPU).
+    """
+    return xp is np if validate_labels is None else bool(validate_labels)
+
+
+def checked_label_map(layer: str, logits, labels, validate_labels: bool | None, ignore_index: int | None):
+    """``(labels, ignore)``: a label map checked against ``logits`` (N, K, H, W), on the logits' device.
+
+    Its type, integer dtype and shape ``(N, H, W)`` are always checked; whether every label lies
+    in ``[0, K)`` or is ``ignore_index`` only when :func:`checks_label_values` says so (reading
+    them is a host sync on a GPU).  ``ignore`` is ``ignore_index``, or None when no label of
+    this dtype can equal it (uint8 labels and ``ignore_index=-100``).  Errors name ``layer``.
+    """
+    if not is_array(labels):
+        raise TypeError(f"{layer}: expected labels as a NumPy/CuPy array, got {type(labels).__name__}")
+    n, k, h, w = logits.shape
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{layer}: expected integer labels (e.g. uint8, int64), got dtype {labels.dtype}")
+    if tuple(labels.shape) != (n, h, w):
+        raise ValueError(
+            f"{layer}: expected labels of shape (N, H, W) = {(n, h, w)} to match logits "
+            f"{tuple(logits.shape)}, got {tuple(labels.shape)}"
+        )
+    xp = get_array_module(logits)
+    if get_array_module(labels) is not xp:
+        labels = to_device(labels, device_of(logits))
+    # compare only with values the label dtype can hold (uint8 labels vs ignore_index=-100, K=300 ...)
+    info = np.iinfo(labels.dtype)
+    ignore = ignore_index
+    if ignore is not None and not info.min <= ignore <= info.max:
+        ignore = None  # no label of this dtype can equal it
+    if checks_label_values(validate_labels, xp):
+        bad = labels >= k if k <= info.max else xp.zeros(labels.shape, dtype=bool)
+        if info.min < 0:
+            bad |= labels < 0
+        if ignore is not None:
+            bad &= labels != ignore
+        if bool(bad.any()):
+            values = to_numpy(xp.unique(labels[bad]))
+            shown = ", ".join(str(v) for v in values[:10]) + (", ..." if values.size > 10 else "")
+            also = "" if ignore_index is None else f" or the ignore_index {ignore_index}"
+            raise ValueError(f"{layer}: expected labels in [0, {k}){also}, got values {shown}")
+    return labels, ignore
 
 
 class SoftmaxCrossEntropy(Module):
@@ -71,7 +119,8 @@ class SoftmaxCrossEntropy(Module):
     (same shape and dtype as ``logits``; ``grad_output`` scales it, for a weighted sum of
     losses).  Same in training and eval mode; inside ``minisegnet.no_grad()`` the forward
     keeps no cache (and leaves an earlier forward's untouched).  The loss is computed in
-    the logits' dtype; class weights (kept in float64) are cast to it.  Caches: ``self._probs`` (softmax, becomes the gradient),
+    the logits' dtype; class weights (kept in float64) are cast to it.  Caches:
+    ``self._probs`` (softmax, becomes the gradient),
     ``self._safe_labels`` (labels with ignored pixels set to 0, shape (N, H*W)),
     ``self._pixel_scale`` (``w_y / normaliser``, 0 on ignored pixels, shape (N, H*W)).
     """
@@ -117,47 +166,16 @@ class SoftmaxCrossEntropy(Module):
 
         ``validate_labels`` when set, else only on NumPy (on CuPy it would stall the GPU).
         """
-        return xp is np if self.validate_labels is None else self.validate_labels
+        return checks_label_values(self.validate_labels, xp)
 
     def _check_labels(self, logits, labels):
-        if not is_array(labels):
-            raise TypeError(f"{_LAYER}: expected labels as a NumPy/CuPy array, got {type(labels).__name__}")
-        n, k, h, w = logits.shape
-        if labels.dtype.kind not in "iu":
-            raise ValueError(f"{_LAYER}: expected integer labels (e.g. uint8, int64), got dtype {labels.dtype}")
-        if tuple(labels.shape) != (n, h, w):
-            raise ValueError(
-                f"{_LAYER}: expected labels of shape (N, H, W) = {(n, h, w)} to match logits "
-                f"{tuple(logits.shape)}, got {tuple(labels.shape)}"
-            )
+        labels, ignore = checked_label_map(_LAYER, logits, labels, self.validate_labels, self.ignore_index)
+        k = logits.shape[1]
         if self.weight is not None and self.weight.shape[0] != k:
             raise ValueError(
                 f"{_LAYER}: expected {k} class weights (one per logit channel), got {self.weight.shape[0]}"
             )
-        xp = get_array_module(logits)
-        if get_array_module(labels) is not xp:
-            labels = to_device(labels, device_of(logits))
-        # compare only with values the label dtype can hold (uint8 labels vs ignore_index=-100, K=300 ...)
-        info = np.iinfo(labels.dtype)
-        ignore = self.ignore_index
-        if ignore is not None and not info.min <= ignore <= info.max:
-            ignore = None  # no label of this dtype can equal it
-        if self.checks_label_values(xp):
-            self._check_label_values(xp, labels, k, info, ignore)
         return labels, ignore
-
-    def _check_label_values(self, xp, labels, k: int, info, ignore) -> None:
-        """Every label in ``[0, K)`` or ``ignore``: reads the labels (a host sync on a GPU)."""
-        bad = labels >= k if k <= info.max else xp.zeros(labels.shape, dtype=bool)
-        if info.min < 0:
-            bad |= labels < 0
-        if ignore is not None:
-            bad &= labels != ignore
-        if bool(bad.any()):
-            values = to_numpy(xp.unique(labels[bad]))
-            shown = ", ".join(str(v) for v in values[:10]) + (", ..." if values.size > 10 else "")
-            also = "" if self.ignore_index is None else f" or the ignore_index {self.ignore_index}"
-            raise ValueError(f"{_LAYER}: expected labels in [0, {k}){also}, got values {shown}")
 
     def forward(self, logits, labels):
         check_feature_map(_LAYER, logits, name="logits")
