@@ -1,5 +1,11 @@
 """minisegnet: SegNet from scratch on NumPy and CuPy, every backward written by hand."""
-from importlib.metadata import PackageNotFoundError, version as _version
+import time as _time
+
+#: When this package began to import (``time.monotonic()``), before NumPy: the ``minisegnet`` command's
+#: time budget counts from here, so that ``--minutes`` covers its imports too (:func:`minisegnet.cli.command`).
+IMPORT_STARTED = _time.monotonic()
+
+from importlib.metadata import PackageNotFoundError, version as _version  # noqa: E402
 
 try:
     __version__ = _version("minisegnet")

@@ -4,8 +4,10 @@
 
 ``TrainConfig.minutes`` bounds the whole :func:`~minisegnet.train.train` call, data
 preparation and final evaluation included: the clock starts when the run is created, or, for
-the ``minisegnet`` command, when its process started (:func:`seconds_since_process_start`), so
-that ``--minutes 30`` bounds what ``time minisegnet train ...`` measures.  A run that must stop
+the ``minisegnet`` command, when the package began to import (``minisegnet.IMPORT_STARTED``,
+before NumPy and the rest are imported), so that ``--minutes 30`` bounds what
+``time minisegnet train ...`` measures.  (Not the process's start, which ``/proc`` knows: a shell
+that ends a script by ``exec``-ing the command would lend it its own age.)  A run that must stop
 in time has to know three things, all measured on the run itself:
 
 * **what a step costs**: the mean of the recent steps (the very first, with its allocations,
@@ -14,7 +16,7 @@ in time has to know three things, all measured on the run itself:
   validation batch before training, then on every evaluation, keeping the slowest: evaluations
   on a shared machine differ by a third from one to the next), the figure, writing both
   checkpoints and, with ``recompute_bn``, the pass over the training images;
-* **whether another step fits**: elapsed + one step + the final reserve <= the budget.  Before
+* **whether another step fits**: elapsed + the slowest recent step + the final reserve <= the budget.  Before
   each step the loop asks; when it does not fit, the run stops, evaluates, saves ``last.npz``
   and draws the figure.
 
@@ -59,8 +61,8 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["TimeBudget", "PLAN_AFTER_STEPS", "format_clock", "seconds_since_process_start", "MemoryEstimate",
-           "estimate_training_memory", "available_memory", "InsufficientMemory"]
+__all__ = ["TimeBudget", "PLAN_AFTER_STEPS", "format_clock", "MemoryEstimate", "estimate_training_memory",
+           "available_memory", "InsufficientMemory"]
 
 PLAN_AFTER_STEPS = 5  # steps timed before a schedule is planned from the budget
 RECENT_STEPS = 20  # the step estimate is the mean of this many recent steps
@@ -158,11 +160,22 @@ class TimeBudget:
             seconds += per_batch * (self.train_batches * BN_PASS_MARGIN + self.val_batches)
         return seconds
 
+    def slowest_recent_step(self) -> float:
+        """The longest of the recent steps (the very first left out): what one more step may cost."""
+        if self._recent:
+            return max(self._recent)
+        return self._first_step or 0.0
+
     def allows_step(self, steps_done: int) -> bool:
-        """Whether one more step and the end of the run still fit (a run's first step always runs)."""
+        """Whether one more step and the end of the run still fit (a run's first step always runs).
+
+        The step is charged as the slowest of the recent ones, not their mean: the decision is
+        made once per step, and a run that stops one step early loses a second, one that
+        overruns its budget breaks its promise.
+        """
         if self.minutes is None or steps_done == 0:
             return True
-        return self.elapsed() + self.step_estimate() + self.final_reserve() <= self.seconds
+        return self.elapsed() + self.slowest_recent_step() + self.final_reserve() <= self.seconds
 
     def planned_steps(self, step: int, eval_every: int) -> int | None:
         """How many steps in all (``step`` done) a schedule stretched over the budget should have.
@@ -199,22 +212,6 @@ class TimeBudget:
         after = self.eval_batch_seconds * self.val_batches + self._figure_reserve()
         left = self.left() - after - 2 * self.save_seconds
         return max(1, min(self.train_batches, int(left / (1.1 * self.eval_batch_seconds))))
-
-
-def seconds_since_process_start() -> float:
-    """How long this process has been running: Linux's ``/proc/self/stat`` against the boot clock (0.0 elsewhere).
-
-    The ``minisegnet`` command starts its time budget that much earlier than the training run
-    is created, so that ``--minutes 30`` bounds what ``time minisegnet train ...`` measures,
-    the interpreter's start and the imports included (about two seconds here).
-    """
-    try:
-        with open("/proc/self/stat", encoding="ascii") as f:
-            after_name = f.read().rsplit(")", 1)[1].split()  # the name may hold spaces: cut after it
-        started = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in ticks since boot
-        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return 0.0
 
 
 def format_clock(seconds: float) -> str:

@@ -30,7 +30,6 @@ import argparse
 import math
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -659,8 +658,8 @@ def main(argv=None, *, started: float | None = None) -> int:
     """Run the ``minisegnet`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
 
     ``started``: the ``time.monotonic()`` a time budget (``--minutes``, the demo's) counts from;
-    None: from when the run is created.  :func:`command`, the installed command, passes its
-    process's start.
+    None: from when the run is created.  :func:`command`, the installed command, passes the time
+    the package began to import.
     """
     parser = build_parser()
     try:
@@ -687,11 +686,11 @@ def main(argv=None, *, started: float | None = None) -> int:
 
 def command() -> int:
     """The installed ``minisegnet`` command (and ``python -m minisegnet``): :func:`main` on ``sys.argv``, its
-    time budgets counted from this process's start, so that ``--minutes`` bounds the whole command, the
-    interpreter's start and the imports included (:func:`~minisegnet.budget.seconds_since_process_start`)."""
-    from .budget import seconds_since_process_start
+    time budgets counted from when the package began to import (``minisegnet.IMPORT_STARTED``), so that
+    ``--minutes`` bounds the whole command, NumPy's and the other imports included."""
+    from . import IMPORT_STARTED
 
-    return main(started=time.monotonic() - seconds_since_process_start())
+    return main(started=IMPORT_STARTED)
 
 
 if __name__ == "__main__":  # pragma: no cover

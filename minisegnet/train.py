@@ -82,7 +82,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, progress: bool = True, given: dict | None = None,
                  started: float | None = None):
         # the time budget counts from here, or from ``started`` (a time.monotonic() value: the command
-        # line passes its process's start, so that --minutes bounds the whole command)
+        # line passes when the package began to import, so that --minutes bounds the whole command)
         self.start_time = time.monotonic() if started is None else float(started)
         self.progress = Progress(progress)
         self.folder = None
