@@ -21,6 +21,17 @@ def checks_label_values(validate_labels: bool | None, xp) -> bool:
     return xp is np if validate_labels is None else bool(validate_labels)
 
 
+def checked_label_options(layer: str, ignore_index, validate_labels) -> tuple[int | None, bool | None]:
+    """A loss's ``(ignore_index, validate_labels)``, checked: an int or None, and None, True or False."""
+    if validate_labels is not None and not isinstance(validate_labels, (bool, np.bool_)):
+        raise TypeError(f"{layer}: expected validate_labels as None, True or False, got {validate_labels!r}")
+    bad_ignore = isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
+    if ignore_index is not None and bad_ignore:
+        raise ValueError(f"{layer}: expected ignore_index as an int or None, got {ignore_index!r}")
+    return (None if ignore_index is None else int(ignore_index),
+            None if validate_labels is None else bool(validate_labels))
+
+
 def checked_label_map(layer: str, logits, labels, validate_labels: bool | None, ignore_index: int | None):
     """``(labels, ignore)``: a label map checked against ``logits`` (N, K, H, W), on the logits' device.
 
@@ -130,14 +141,8 @@ class SoftmaxCrossEntropy(Module):
         super().__init__()
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"{_LAYER}: expected normalize in {NORMALIZE_MODES}, got {normalize!r}")
-        if validate_labels is not None and not isinstance(validate_labels, (bool, np.bool_)):
-            raise TypeError(f"{_LAYER}: expected validate_labels as None, True or False, got {validate_labels!r}")
-        self.validate_labels = None if validate_labels is None else bool(validate_labels)
-        bad_ignore = isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
-        if ignore_index is not None and bad_ignore:
-            raise ValueError(f"{_LAYER}: expected ignore_index as an int or None, got {ignore_index!r}")
+        self.ignore_index, self.validate_labels = checked_label_options(_LAYER, ignore_index, validate_labels)
         self.normalize = normalize
-        self.ignore_index = None if ignore_index is None else int(ignore_index)
         if weight is not None:
             weight = to_numpy(weight) if is_array(weight) else np.asarray(weight)
             if weight.ndim != 1 or weight.size == 0 or weight.dtype.kind not in "biuf":

@@ -48,8 +48,9 @@ and through the softmax ``p_k = exp z_k / sum_j exp z_j``, whose Jacobian is
 
     dL/dz_{k,i} = p_{k,i} (dL/dp_{k,i} - sum_j p_{j,i} dL/dp_{j,i})
 
-The sorted slopes go back to their pixels with one scatter (``grad[c, order[c]] = ...``), the
-inverse of the sort's gather.
+The forward keeps ``dL/dp`` in sorted order (the slopes, scaled and signed); the backward puts
+it back at its pixels with one scatter (``grad[c, order[c]] = ...``), the inverse of the sort's
+gather, and applies the softmax's Jacobian.
 
 **Cost.**  One argsort of the ``K x (N*H*W)`` errors per step, ``O(K M log M)`` for ``M``
 labelled pixels, beside the network's ``O(M)`` convolutions with large constants: a few percent
@@ -72,7 +73,7 @@ from ..backend import get_array_module, is_array
 from ..grad_mode import is_grad_enabled
 from ..module import Module
 from ..validation import check_feature_map, check_grad_shape, require_cache
-from .loss import checked_label_map, checks_label_values
+from .loss import checked_label_map, checked_label_options, checks_label_values
 
 _LAYER = "LovaszSoftmax"
 
@@ -82,18 +83,10 @@ class LovaszSoftmax(Module):
 
     def __init__(self, ignore_index: int | None = None, validate_labels: bool | None = None):
         super().__init__()
-        bad_ignore = isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
-        if ignore_index is not None and bad_ignore:
-            raise ValueError(f"{_LAYER}: expected ignore_index as an int or None, got {ignore_index!r}")
-        if validate_labels is not None and not isinstance(validate_labels, (bool, np.bool_)):
-            raise TypeError(f"{_LAYER}: expected validate_labels as None, True or False, got {validate_labels!r}")
-        self.ignore_index = None if ignore_index is None else int(ignore_index)
-        self.validate_labels = None if validate_labels is None else bool(validate_labels)
+        self.ignore_index, self.validate_labels = checked_label_options(_LAYER, ignore_index, validate_labels)
         self._probs = None  # (K, M) softmax, class-major
-        self._is_foreground = None  # (K, M) bool: label == class
         self._order = None  # (K, M) each class's pixels, largest error first
-        self._slopes = None  # (K, M) g_k, the slope of each sorted error, times s_c
-        self._valid = None  # (M,) bool, or None when nothing is ignored
+        self._sorted_grad = None  # (K, M) dL/dp in that order: s_c g_k (1 - 2 fg)
         self._logits_shape = None
 
     def extra_repr(self) -> str:
@@ -121,16 +114,15 @@ class LovaszSoftmax(Module):
         flat_labels = labels.reshape(pixels)
         is_foreground = flat_labels[None, :] == xp.arange(k)[:, None]
         errors = xp.abs(is_foreground - probs)  # |fg - p|, in the logits' dtype
-        valid = None
         if ignore is not None:
-            valid = flat_labels != ignore
             # sorted last, where the slope is exactly 0 (module docstring); where, not a boolean mask,
             # which CuPy would turn into indices on the host
-            errors = xp.where(valid[None, :], errors, -1).astype(errors.dtype, copy=False)
+            errors = xp.where((flat_labels != ignore)[None, :], errors, -1).astype(errors.dtype, copy=False)
 
         order = xp.argsort(-errors, axis=1)  # largest error first
         rows = xp.arange(k)[:, None]
-        foreground_in_prefix = xp.cumsum(is_foreground[rows, order], axis=1, dtype=np.int64)  # f_k
+        foreground_sorted = is_foreground[rows, order]
+        foreground_in_prefix = xp.cumsum(foreground_sorted, axis=1, dtype=np.int64)  # f_k
         foreground = foreground_in_prefix[:, -1:]  # |F| per class
         prefix_length = xp.arange(1, pixels + 1, dtype=np.int64)[None, :]  # k
         intersection = (foreground - foreground_in_prefix).astype(logits.dtype)
@@ -147,9 +139,10 @@ class LovaszSoftmax(Module):
             loss = np.float64(loss)
 
         if is_grad_enabled():
+            # dL/dp in sorted order: s_c g_k, negative on the pixels of F (d|fg - p|/dp = -1 there)
             slopes *= class_scale[:, None]
-            self._probs, self._is_foreground, self._order, self._slopes = probs, is_foreground, order, slopes
-            self._valid, self._logits_shape = valid, tuple(logits.shape)
+            self._sorted_grad = xp.where(foreground_sorted, -slopes, slopes)
+            self._probs, self._order, self._logits_shape = probs, order, tuple(logits.shape)
         return loss
 
     def backward(self, grad_output=1.0):
@@ -158,15 +151,12 @@ class LovaszSoftmax(Module):
         k = probs.shape[0]
         if is_array(grad_output):
             check_grad_shape(_LAYER, grad_output, ())
-        # dL/dp: each sorted slope back at its pixel, with the sign of d|fg - p|/dp
+        # dL/dp: each sorted value back at its pixel (ignored pixels: exactly 0, their slope)
         grad_probs = xp.empty_like(probs)
-        grad_probs[xp.arange(k)[:, None], self._order] = self._slopes
-        grad_probs *= xp.where(self._is_foreground, -1, 1).astype(probs.dtype, copy=False)
-        if self._valid is not None:
-            grad_probs *= self._valid  # 0 already (their slope is 0); kept exact
+        grad_probs[xp.arange(k)[:, None], self._order] = self._sorted_grad
         # through the softmax: p_k (dL/dp_k - sum_j p_j dL/dp_j), for each pixel
         grad_logits = grad_probs
-        grad_logits -= (probs * grad_probs).sum(axis=0, keepdims=True)
+        grad_logits -= xp.einsum("cm,cm->m", probs, grad_probs)[None, :]
         grad_logits *= probs
         if not (isinstance(grad_output, (int, float)) and grad_output == 1.0):
             grad_logits *= xp.asarray(grad_output, dtype=probs.dtype)
@@ -174,4 +164,4 @@ class LovaszSoftmax(Module):
         return xp.ascontiguousarray(grad_logits.reshape(k, n, h, w).transpose(1, 0, 2, 3))
 
     def _release_cache(self) -> None:
-        self._probs = self._is_foreground = self._order = self._slopes = self._valid = self._logits_shape = None
+        self._probs = self._order = self._sorted_grad = self._logits_shape = None
